@@ -1,0 +1,225 @@
+//! The append decision shared by every backend that writes its own log:
+//! idempotency, the expected-revision check, position and `recorded_at`
+//! stamping. Backends supply the tables through [`LogTables`].
+
+use crate::types::*;
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use std::collections::HashSet;
+use uuid::Uuid;
+
+/// SHA-256 of an event's content (type, data, metadata) in a canonical JSON
+/// form (object keys sorted), so a retry is recognised whatever its key
+/// order.
+pub(crate) type ContentHash = [u8; 32];
+
+/// What the idempotency index holds per `(tenant, event_id)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct IdEntry {
+    pub position: Position,
+    pub hash: ContentHash,
+}
+
+/// The tables an append reads and writes, inside one write transaction.
+pub(crate) trait LogTables {
+    /// The last revision of a stream, `None` if it does not exist.
+    fn stream_revision(&mut self, stream: &StreamId) -> Result<Option<u64>, StoreError>;
+    /// The idempotency entry of an event id in a tenant.
+    fn event_id(&mut self, tenant: &str, id: Uuid) -> Result<Option<IdEntry>, StoreError>;
+    /// The event at a position (it must exist).
+    fn event_at(&mut self, position: Position) -> Result<RecordedEvent, StoreError>;
+    /// Writes one event and its index entries.
+    fn insert(&mut self, event: &RecordedEvent, hash: ContentHash) -> Result<(), StoreError>;
+}
+
+/// The writer's running state: where the next event goes and the last
+/// `recorded_at` handed out.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Cursor {
+    pub next_position: Position,
+    pub last_recorded_at: DateTime<Utc>,
+}
+
+/// Decides and performs one append against `tables`. On `Err` nothing was
+/// inserted, except for [`AppendError::Storage`], after which the caller must
+/// abort the whole transaction.
+pub(crate) fn apply_append(
+    tables: &mut impl LogTables,
+    cursor: &mut Cursor,
+    now: DateTime<Utc>,
+    stream: &StreamId,
+    expected: ExpectedRevision,
+    events: &[NewEvent],
+) -> Result<(AppendResult, Vec<RecordedEvent>), AppendError> {
+    if events.is_empty() {
+        return Err(AppendError::Empty);
+    }
+    let mut seen = HashSet::with_capacity(events.len());
+    for e in events {
+        if !seen.insert(e.event_id) {
+            return Err(AppendError::DuplicateEventId { event_id: e.event_id });
+        }
+    }
+    let hashes: Vec<ContentHash> = events.iter().map(content_hash).collect();
+
+    // Idempotency first: a retry of a committed append succeeds whatever the
+    // expected revision now says.
+    let mut known = Vec::with_capacity(events.len());
+    for e in events {
+        known.push(tables.event_id(&stream.tenant, e.event_id)?);
+    }
+    if known.iter().any(Option::is_some) {
+        return replay_result(tables, stream, events, &hashes, &known).map(|r| (r, Vec::new()));
+    }
+
+    let actual = tables.stream_revision(stream)?;
+    let ok = match expected {
+        ExpectedRevision::Any => true,
+        ExpectedRevision::NoStream => actual.is_none(),
+        ExpectedRevision::StreamExists => actual.is_some(),
+        ExpectedRevision::Exact(n) => actual == Some(n),
+    };
+    if !ok {
+        return Err(AppendError::WrongExpectedRevision { expected, actual });
+    }
+
+    let recorded_at = now.max(cursor.last_recorded_at);
+    let mut revision = actual.map_or(0, |r| r + 1);
+    let mut position = cursor.next_position;
+    let mut recorded = Vec::with_capacity(events.len());
+    let mut appended = Vec::with_capacity(events.len());
+    for (e, hash) in events.iter().zip(&hashes) {
+        let rec = RecordedEvent {
+            event_id: e.event_id,
+            event_type: e.event_type.clone(),
+            tenant: stream.tenant.clone(),
+            stream: stream.name.clone(),
+            revision,
+            position,
+            recorded_at,
+            data: e.data.clone(),
+            metadata: e.metadata.clone(),
+        };
+        tables.insert(&rec, *hash)?;
+        appended.push(AppendedEvent {
+            event_id: e.event_id,
+            revision,
+            position,
+        });
+        recorded.push(rec);
+        revision += 1;
+        position = position.next();
+    }
+    cursor.next_position = position;
+    cursor.last_recorded_at = recorded_at;
+    let result = AppendResult {
+        next_expected_revision: revision - 1,
+        events: appended,
+        written: true,
+    };
+    Ok((result, recorded))
+}
+
+/// The original result of an append whose ids are all known, if the retry
+/// matches it: same stream, same content, consecutive revisions in order.
+fn replay_result(
+    tables: &mut impl LogTables,
+    stream: &StreamId,
+    events: &[NewEvent],
+    hashes: &[ContentHash],
+    known: &[Option<IdEntry>],
+) -> Result<AppendResult, AppendError> {
+    let mut appended = Vec::with_capacity(events.len());
+    for ((e, hash), entry) in events.iter().zip(hashes).zip(known) {
+        let conflict = AppendError::IdempotencyConflict { event_id: e.event_id };
+        let Some(entry) = entry else { return Err(conflict) };
+        if entry.hash != *hash {
+            return Err(conflict);
+        }
+        let rec = tables.event_at(entry.position)?;
+        if rec.stream != stream.name {
+            return Err(conflict);
+        }
+        if let Some(prev) = appended.last().map(|a: &AppendedEvent| a.revision)
+            && rec.revision != prev + 1
+        {
+            return Err(conflict);
+        }
+        appended.push(AppendedEvent {
+            event_id: e.event_id,
+            revision: rec.revision,
+            position: rec.position,
+        });
+    }
+    let last = appended.last().map_or(0, |a| a.revision);
+    Ok(AppendResult {
+        events: appended,
+        next_expected_revision: last,
+        written: false,
+    })
+}
+
+/// SHA-256 over the event type, data and metadata in canonical JSON.
+pub(crate) fn content_hash(e: &NewEvent) -> ContentHash {
+    let mut h = Sha256::new();
+    h.update(e.event_type.as_bytes());
+    h.update([0]);
+    canonical(&e.data, &mut h);
+    h.update([0]);
+    canonical(&e.metadata, &mut h);
+    h.finalize().into()
+}
+
+fn canonical(v: &serde_json::Value, h: &mut Sha256) {
+    use serde_json::Value;
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            h.update(b"{");
+            for k in keys {
+                canonical(&Value::String(k.clone()), h);
+                h.update(b":");
+                canonical(&m[k], h);
+                h.update(b",");
+            }
+            h.update(b"}");
+        }
+        Value::Array(a) => {
+            h.update(b"[");
+            for x in a {
+                canonical(x, h);
+                h.update(b",");
+            }
+            h.update(b"]");
+        }
+        other => h.update(other.to_string().as_bytes()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_ignores_key_order_but_not_values() {
+        let a = NewEvent::new(
+            Uuid::nil(),
+            "T",
+            serde_json::json!({"a": 1, "b": [1, {"x": 2, "y": 3}]}),
+            serde_json::json!({}),
+        );
+        let b: serde_json::Value = serde_json::from_str(r#"{"b": [1, {"y": 3, "x": 2}], "a": 1}"#).unwrap();
+        let b = NewEvent::new(Uuid::nil(), "T", b, serde_json::json!({}));
+        assert_eq!(content_hash(&a), content_hash(&b));
+        let c = NewEvent::new(
+            Uuid::nil(),
+            "T",
+            serde_json::json!({"a": 2, "b": [1, {"x": 2, "y": 3}]}),
+            serde_json::json!({}),
+        );
+        assert_ne!(content_hash(&a), content_hash(&c));
+        let d = NewEvent::new(Uuid::nil(), "U", a.data.clone(), serde_json::json!({}));
+        assert_ne!(content_hash(&a), content_hash(&d));
+    }
+}
