@@ -61,10 +61,7 @@ pub fn check_identifier(field: &'static str, s: &str) -> Result<(), NameError> {
     }
     check_text(field, s)?;
     if let Some(c) = s.chars().find(|c| c.is_whitespace()) {
-        return Err(NameError::BadChar {
-            field,
-            code: c as u32,
-        });
+        return Err(NameError::BadChar { field, code: c as u32 });
     }
     Ok(())
 }
@@ -73,16 +70,11 @@ pub fn check_identifier(field: &'static str, s: &str) -> Result<(), NameError> {
 /// user agent): NFC and free of control and invisible format characters;
 /// ordinary spaces are allowed.
 pub fn check_text(field: &'static str, s: &str) -> Result<(), NameError> {
-    if is_nfc_quick(s.chars()) != IsNormalized::Yes
-        && !unicode_normalization::is_nfc(s)
-    {
+    if is_nfc_quick(s.chars()) != IsNormalized::Yes && !unicode_normalization::is_nfc(s) {
         return Err(NameError::NotNfc { field });
     }
     if let Some(c) = s.chars().find(|&c| is_invisible_or_control(c) && c != ' ') {
-        return Err(NameError::BadChar {
-            field,
-            code: c as u32,
-        });
+        return Err(NameError::BadChar { field, code: c as u32 });
     }
     Ok(())
 }

@@ -21,6 +21,7 @@ pub mod clock;
 pub mod events;
 pub mod ids;
 pub mod policy;
+pub mod registry;
 pub mod role;
 pub mod schemas;
 

@@ -95,22 +95,61 @@ mod tests {
     #[test]
     fn within_policy_is_granted() {
         let p = policy();
-        assert!(check_grant(Some(&p), "c", "api://orders", "orders:read orders:write", 3600, TokenFormat::External).is_ok());
+        assert!(
+            check_grant(
+                Some(&p),
+                "c",
+                "api://orders",
+                "orders:read orders:write",
+                3600,
+                TokenFormat::External
+            )
+            .is_ok()
+        );
     }
 
     #[test]
     fn each_excess_is_named() {
         let p = policy();
         let r = |aud, scope, ttl, f| check_grant(Some(&p), "c", aud, scope, ttl, f).unwrap_err().reason;
-        assert_eq!(r("api://orders", "orders:read", 60, TokenFormat::V4Public), RefusalReason::Format);
-        assert_eq!(r("api://billing", "orders:read", 60, TokenFormat::External), RefusalReason::Audience);
-        assert_eq!(r("api://orders", "orders:admin", 60, TokenFormat::External), RefusalReason::Scope);
-        assert_eq!(r("api://orders", "orders:read", 3601, TokenFormat::External), RefusalReason::Ttl);
-        assert_eq!(r("api://orders", "orders:read", 0, TokenFormat::External), RefusalReason::Ttl);
-        let e = check_grant(Some(&p), "c", "api://orders", "orders:read orders:admin", 60, TokenFormat::External).unwrap_err();
-        assert!(e.detail.contains("orders:admin") && !e.detail.contains("orders:read\""), "{}", e.detail);
         assert_eq!(
-            check_grant(None, "c", "api://orders", "orders:read", 60, TokenFormat::External).unwrap_err().reason,
+            r("api://orders", "orders:read", 60, TokenFormat::V4Public),
+            RefusalReason::Format
+        );
+        assert_eq!(
+            r("api://billing", "orders:read", 60, TokenFormat::External),
+            RefusalReason::Audience
+        );
+        assert_eq!(
+            r("api://orders", "orders:admin", 60, TokenFormat::External),
+            RefusalReason::Scope
+        );
+        assert_eq!(
+            r("api://orders", "orders:read", 3601, TokenFormat::External),
+            RefusalReason::Ttl
+        );
+        assert_eq!(
+            r("api://orders", "orders:read", 0, TokenFormat::External),
+            RefusalReason::Ttl
+        );
+        let e = check_grant(
+            Some(&p),
+            "c",
+            "api://orders",
+            "orders:read orders:admin",
+            60,
+            TokenFormat::External,
+        )
+        .unwrap_err();
+        assert!(
+            e.detail.contains("orders:admin") && !e.detail.contains("orders:read\""),
+            "{}",
+            e.detail
+        );
+        assert_eq!(
+            check_grant(None, "c", "api://orders", "orders:read", 60, TokenFormat::External)
+                .unwrap_err()
+                .reason,
             RefusalReason::NoPolicy
         );
     }

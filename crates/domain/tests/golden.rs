@@ -74,7 +74,11 @@ fn token_used(full: bool) -> TokenUsed {
     TokenUsed {
         validator: s("orders-api-gateway"),
         audience: s("orders-api"),
-        outcome: if full { UseOutcome::Rejected } else { UseOutcome::Accepted },
+        outcome: if full {
+            UseOutcome::Rejected
+        } else {
+            UseOutcome::Accepted
+        },
         reason: some(full, s("audience_mismatch")),
         at: at("2026-01-02T03:05:06.250Z"),
         context: context(full),
@@ -126,7 +130,11 @@ fn grant_refused(full: bool) -> GrantRefused {
         } else {
             GrantRequest::default()
         },
-        reason: if full { RefusalReason::Cutoff } else { RefusalReason::NoPolicy },
+        reason: if full {
+            RefusalReason::Cutoff
+        } else {
+            RefusalReason::NoPolicy
+        },
         detail: s("a minting cutoff on subject user-42 is engaged"),
         cutoff_id: some(full, s("cut-2026-0001")),
     }
@@ -434,10 +442,21 @@ fn resolve<'a>(schema: &'a Value, sub: &'a Value) -> &'a Value {
     }
 }
 
-/// `value` with `pointer` (a JSON pointer into it) replaced by `new`.
+/// `value` with `pointer` (a JSON pointer into it) set to `new`: replaced if
+/// it exists, else added as a member of the object it points into.
 fn with(value: &Value, pointer: &str, new: Value) -> Value {
     let mut v = value.clone();
-    *v.pointer_mut(pointer).unwrap_or_else(|| panic!("no {pointer} in {value}")) = new;
+    if let Some(slot) = v.pointer_mut(pointer) {
+        *slot = new;
+        return v;
+    }
+    let (parent, key) = pointer
+        .rsplit_once('/')
+        .unwrap_or_else(|| panic!("bad pointer {pointer:?}"));
+    v.pointer_mut(parent)
+        .and_then(Value::as_object_mut)
+        .unwrap_or_else(|| panic!("no object at {parent:?} in {value}"))
+        .insert(key.replace("~1", "/").replace("~0", "~"), new);
     v
 }
 
@@ -505,7 +524,10 @@ fn golden_directory_holds_exactly_the_catalogue() {
         .expect("tests/golden exists")
         .map(|e| e.expect("dir entry").file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(found, expected, "tests/golden must hold one file per event type, and nothing else");
+    assert_eq!(
+        found, expected,
+        "tests/golden must hold one file per event type, and nothing else"
+    );
 }
 
 #[test]
@@ -551,7 +573,12 @@ fn optional_and_defaulted_fields_may_be_omitted() {
     // property keeps the payload valid and decodable.
     for &t in EventType::ALL {
         let schema = schema_value(t);
-        let required: BTreeSet<&str> = schema["required"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
+        let required: BTreeSet<&str> = schema["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap())
+            .collect();
         let golden = read_golden(t);
         for key in object(&golden).keys().filter(|k| !required.contains(k.as_str())) {
             let v = without(&golden, "", key);
@@ -571,10 +598,22 @@ fn optional_and_defaulted_fields_may_be_omitted() {
 fn valid_edge_values_are_accepted() {
     let t = EventType::TokenIssued;
     let g = read_golden(t);
-    assert_valid(t, &with(&g, "/subject", json!("a".repeat(256))), "a 256-character subject");
+    assert_valid(
+        t,
+        &with(&g, "/subject", json!("a".repeat(256))),
+        "a 256-character subject",
+    );
     assert_valid(t, &with(&g, "/scope", json!("a")), "a one-token scope");
-    assert_valid(t, &with(&g, "/issued_at", json!("2026-01-02T04:04:05+01:00")), "an offset timestamp");
-    assert_valid(t, &with(&g, "/issued_at", json!("2026-01-02T03:04:05.123456789Z")), "nanoseconds");
+    assert_valid(
+        t,
+        &with(&g, "/issued_at", json!("2026-01-02T04:04:05+01:00")),
+        "an offset timestamp",
+    );
+    assert_valid(
+        t,
+        &with(&g, "/issued_at", json!("2026-01-02T03:04:05.123456789Z")),
+        "nanoseconds",
+    );
     assert_valid(t, &with(&g, "/cnf", json!({})), "an empty cnf");
     let t = EventType::DetectorConfigChanged;
     let mut g = read_golden(t);
@@ -664,7 +703,11 @@ fn each_required_field_is_required() {
     let t = EventType::TokenRevoked;
     let sel = data_of(&extra_samples()[0]);
     for key in ["scope", "key"] {
-        assert_invalid(t, &without(&sel, "/selector", key), &format!("a selector without {key}"));
+        assert_invalid(
+            t,
+            &without(&sel, "/selector", key),
+            &format!("a selector without {key}"),
+        );
     }
     let t = EventType::ClientPolicySet;
     for key in ["scopes", "max_ttl_seconds"] {
@@ -700,40 +743,150 @@ fn wrong_types_are_rejected() {
     }
 
     let cases: &[(EventType, &str, Value, &str)] = &[
-        (EventType::IssuerTrusted, "/max_ttl_seconds", json!(-1), "a negative u64"),
-        (EventType::IssuerTrusted, "/max_ttl_seconds", json!(1.5), "a fractional u64"),
+        (
+            EventType::IssuerTrusted,
+            "/max_ttl_seconds",
+            json!(-1),
+            "a negative u64",
+        ),
+        (
+            EventType::IssuerTrusted,
+            "/max_ttl_seconds",
+            json!(1.5),
+            "a fractional u64",
+        ),
         (EventType::IssuerTrusted, "/keys/0", json!(7), "a number in keys"),
-        (EventType::ClientPolicySet, "/audiences/orders-api/max_ttl_seconds", json!(-1), "a negative max_ttl"),
-        (EventType::ClientPolicySet, "/audiences/orders-api/scopes/0", json!(""), "an empty scope token"),
-        (EventType::ClientPolicySet, "/serves/0", json!(""), "an empty served audience"),
-        (EventType::MintingCutoffEngaged, "/evidence/positions/0", json!(-5), "a negative position"),
-        (EventType::MintingCutoffEngaged, "/evidence/anomaly_ids/0", json!(5), "a numeric anomaly id"),
-        (EventType::DetectorConfigChanged, "/thresholds/impossible_travel_kmh", json!("900"), "a string threshold"),
-        (EventType::DetectorConfigChanged, "/thresholds/impossible_travel_kmh", json!(null), "a null threshold"),
-        (EventType::GrantRefused, "/requested/ttl_seconds", json!("900"), "a string ttl"),
-        (EventType::GrantRefused, "/requested/ttl_seconds", json!(9.5), "a fractional ttl"),
-        (EventType::TokenIssued, "/context/ip", json!(["203.0.113.7"]), "an array ip"),
-        (EventType::TokenIssued, "/context/user_agent", json!(5), "a numeric user agent"),
+        (
+            EventType::ClientPolicySet,
+            "/audiences/orders-api/max_ttl_seconds",
+            json!(-1),
+            "a negative max_ttl",
+        ),
+        (
+            EventType::ClientPolicySet,
+            "/audiences/orders-api/scopes/0",
+            json!(""),
+            "an empty scope token",
+        ),
+        (
+            EventType::ClientPolicySet,
+            "/serves/0",
+            json!(""),
+            "an empty served audience",
+        ),
+        (
+            EventType::MintingCutoffEngaged,
+            "/evidence/positions/0",
+            json!(-5),
+            "a negative position",
+        ),
+        (
+            EventType::MintingCutoffEngaged,
+            "/evidence/anomaly_ids/0",
+            json!(5),
+            "a numeric anomaly id",
+        ),
+        (
+            EventType::DetectorConfigChanged,
+            "/thresholds/impossible_travel_kmh",
+            json!("900"),
+            "a string threshold",
+        ),
+        (
+            EventType::DetectorConfigChanged,
+            "/thresholds/impossible_travel_kmh",
+            json!(null),
+            "a null threshold",
+        ),
+        (
+            EventType::GrantRefused,
+            "/requested/ttl_seconds",
+            json!("900"),
+            "a string ttl",
+        ),
+        (
+            EventType::GrantRefused,
+            "/requested/ttl_seconds",
+            json!(9.5),
+            "a fractional ttl",
+        ),
+        (
+            EventType::TokenIssued,
+            "/context/ip",
+            json!(["203.0.113.7"]),
+            "an array ip",
+        ),
+        (
+            EventType::TokenIssued,
+            "/context/user_agent",
+            json!(5),
+            "a numeric user agent",
+        ),
         // Identifiers: non-empty, at most 256 characters.
         (EventType::TokenIssued, "/subject", json!(""), "an empty subject"),
-        (EventType::TokenIssued, "/token_id", json!("x".repeat(257)), "a 257-character token id"),
+        (
+            EventType::TokenIssued,
+            "/token_id",
+            json!("x".repeat(257)),
+            "a 257-character token id",
+        ),
         (EventType::TokenIssued, "/audience", json!(""), "an empty audience"),
         (EventType::TokenIssued, "/kid", json!(""), "an empty kid"),
         (EventType::TokenUsed, "/client_id", json!(""), "an empty client id"),
-        (EventType::PrincipalCreated, "/name", json!("n".repeat(257)), "a 257-character name"),
+        (
+            EventType::PrincipalCreated,
+            "/name",
+            json!("n".repeat(257)),
+            "a 257-character name",
+        ),
         (EventType::RiskSignalReceived, "/subject", json!(""), "an empty subject"),
         // Tenants.
-        (EventType::TenantCreated, "/tenant", json!("Acme"), "an upper-case tenant"),
-        (EventType::TenantCreated, "/tenant", json!("-acme"), "a tenant starting with '-'"),
+        (
+            EventType::TenantCreated,
+            "/tenant",
+            json!("Acme"),
+            "an upper-case tenant",
+        ),
+        (
+            EventType::TenantCreated,
+            "/tenant",
+            json!("-acme"),
+            "a tenant starting with '-'",
+        ),
         (EventType::TenantCreated, "/tenant", json!(""), "an empty tenant"),
-        (EventType::TenantCreated, "/tenant", json!("a".repeat(64)), "a 64-character tenant"),
+        (
+            EventType::TenantCreated,
+            "/tenant",
+            json!("a".repeat(64)),
+            "a 64-character tenant",
+        ),
         // Timestamps (the default validator ignores `format`; the pattern holds).
-        (EventType::TokenIssued, "/issued_at", json!("2026-01-02"), "a date without time"),
-        (EventType::TokenIssued, "/expires_at", json!("2026-01-02 03:04:05Z"), "a space separator"),
-        (EventType::TokenIssued, "/not_before", json!("2026-01-02T03:04:05"), "a timestamp without offset"),
+        (
+            EventType::TokenIssued,
+            "/issued_at",
+            json!("2026-01-02"),
+            "a date without time",
+        ),
+        (
+            EventType::TokenIssued,
+            "/expires_at",
+            json!("2026-01-02 03:04:05Z"),
+            "a space separator",
+        ),
+        (
+            EventType::TokenIssued,
+            "/not_before",
+            json!("2026-01-02T03:04:05"),
+            "a timestamp without offset",
+        ),
         (EventType::TokenUsed, "/at", json!("yesterday"), "free text"),
         (EventType::TokenUsed, "/at", json!(1767323045), "a Unix timestamp"),
-        (EventType::SigningKeyRetired, "/verify_until", json!("2026-01-03T03:04:05Z "), "a trailing space"),
+        (
+            EventType::SigningKeyRetired,
+            "/verify_until",
+            json!("2026-01-03T03:04:05Z "),
+            "a trailing space",
+        ),
         // Open objects have to be objects.
         (EventType::TokenIssued, "/cnf", json!("jkt"), "a string cnf"),
     ];
@@ -751,9 +904,21 @@ fn token_revoked_names_exactly_one_target() {
     both["selector"] = by_selector["selector"].clone();
     assert_invalid(t, &both, "both token_id and selector");
     assert_invalid(t, &json!({"reason": "r"}), "neither token_id nor selector");
-    assert_invalid(t, &json!({"reason": "r", "by": "alice"}), "neither token_id nor selector");
-    assert_valid(t, &json!({"token_id": "t-1", "reason": ""}), "by token id, empty reason");
-    assert_valid(t, &json!({"selector": {"scope": "client", "key": "orders-web"}, "reason": "r"}), "by selector");
+    assert_invalid(
+        t,
+        &json!({"reason": "r", "by": "alice"}),
+        "neither token_id nor selector",
+    );
+    assert_valid(
+        t,
+        &json!({"token_id": "t-1", "reason": ""}),
+        "by token id, empty reason",
+    );
+    assert_valid(
+        t,
+        &json!({"selector": {"scope": "client", "key": "orders-web"}, "reason": "r"}),
+        "by selector",
+    );
 }
 
 #[test]
@@ -782,9 +947,17 @@ fn scopes_are_single_space_delimited() {
     for (t, pointer) in cases {
         let g = read_golden(*t);
         for bad in ["a  b", " a", "a ", "", " ", "a b  c"] {
-            assert_invalid(*t, &with(&g, pointer, json!(bad)), &format!("scope {bad:?} at {pointer}"));
+            assert_invalid(
+                *t,
+                &with(&g, pointer, json!(bad)),
+                &format!("scope {bad:?} at {pointer}"),
+            );
         }
-        assert_valid(*t, &with(&g, pointer, json!("a b c")), &format!("scope \"a b c\" at {pointer}"));
+        assert_valid(
+            *t,
+            &with(&g, pointer, json!("a b c")),
+            &format!("scope \"a b c\" at {pointer}"),
+        );
     }
 }
 
@@ -817,7 +990,11 @@ fn enum_values_outside_the_list_are_rejected() {
         assert_invalid(*t, &with(&read_golden(*t), pointer, json!("v3.public")), pointer);
     }
     let sel = data_of(&extra_samples()[0]);
-    assert_invalid(EventType::TokenRevoked, &with(&sel, "/selector/scope", json!("tenant")), "selector scope tenant");
+    assert_invalid(
+        EventType::TokenRevoked,
+        &with(&sel, "/selector/scope", json!("tenant")),
+        "selector scope tenant",
+    );
 }
 
 /// The serde wire names of every variant of a Rust enum. The closure's
@@ -912,7 +1089,11 @@ fn schema_directory_holds_exactly_the_catalogue() {
     // What is embedded is what is on disk.
     for &t in EventType::ALL {
         let on_disk = std::fs::read_to_string(schema_dir().join(format!("{t}.v1.json"))).expect("read schema");
-        assert_eq!(Some(on_disk.as_str()), schemas::schema(t, 1), "{t}: embedded schema differs from the file");
+        assert_eq!(
+            Some(on_disk.as_str()),
+            schemas::schema(t, 1),
+            "{t}: embedded schema differs from the file"
+        );
         assert_eq!(schemas::schema(t, 2), None, "{t}: no v2 yet");
     }
 }
@@ -928,7 +1109,11 @@ fn every_schema_compiles_and_is_well_formed() {
         assert_eq!(v.draft(), jsonschema::Draft::Draft202012, "{t}");
         let _ = strict_validator(t);
         assert_eq!(schema["$schema"], "https://json-schema.org/draft/2020-12/schema", "{t}");
-        assert_eq!(schema["$id"], format!("https://tokenledger.dev/schemas/{t}.v1.json"), "{t}");
+        assert_eq!(
+            schema["$id"],
+            format!("https://tokenledger.dev/schemas/{t}.v1.json"),
+            "{t}"
+        );
         for key in ["title", "description"] {
             let text = schema[key].as_str().unwrap_or_default();
             assert!(!text.trim().is_empty(), "{t}: missing {key}");
@@ -947,7 +1132,10 @@ fn every_schema_compiles_and_is_well_formed() {
         let mut refs = Vec::new();
         collect_refs(&schema, &mut refs);
         for r in refs {
-            assert!(schema.pointer(r.trim_start_matches('#')).is_some(), "{t}: dangling $ref {r}");
+            assert!(
+                schema.pointer(r.trim_start_matches('#')).is_some(),
+                "{t}: dangling $ref {r}"
+            );
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Tenants, principals, keys, issuers, webhooks and client policies.
 
-use crate::role::Role;
 use crate::events::token::TokenFormat;
+use crate::role::Role;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -167,7 +167,10 @@ impl DomainEvent {
                 opt("subject", &e.subject)?;
                 opt("client_id", &e.client_id)?;
                 // claimed_* come from unverified tokens: stored as text, never as identities.
-                for c in [&e.claimed_token_id, &e.claimed_subject, &e.claimed_client_id].into_iter().flatten() {
+                for c in [&e.claimed_token_id, &e.claimed_subject, &e.claimed_client_id]
+                    .into_iter()
+                    .flatten()
+                {
                     check_text("claimed", c)?;
                 }
                 Ok(())

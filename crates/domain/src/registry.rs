@@ -1,0 +1,209 @@
+//! The registry projection: tenants, principals and client policies, folded
+//! from the log. The server authenticates every request against it, so it
+//! is updated from committed events before their append is acknowledged.
+//!
+//! `apply` is pure: the same events in the same order give the same state.
+
+use crate::events::{ClientPolicySet, DomainEvent};
+use crate::role::Role;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A principal as the registry knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrincipalRecord {
+    /// Its tenant.
+    pub tenant: String,
+    /// Its name (its `client_id`).
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+    /// The current credential id.
+    pub secret_id: String,
+    /// SHA-256 of the current credential's random part.
+    pub secret_hash: [u8; 32],
+    /// Disabled principals authenticate as nobody.
+    pub disabled: bool,
+}
+
+/// Tenants, principals and client policies.
+#[derive(Debug, Default, Clone)]
+pub struct Registry {
+    tenants: HashMap<String, TenantRecord>,
+    principals: HashMap<(String, String), PrincipalRecord>,
+    by_secret_id: HashMap<String, (String, String)>,
+    policies: HashMap<(String, String), Arc<ClientPolicySet>>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct TenantRecord {
+    admins: usize,
+}
+
+impl Registry {
+    /// Folds one committed event of `tenant` into the registry. Events of
+    /// other types are ignored; a malformed hash is ignored (the principal
+    /// then cannot authenticate).
+    pub fn apply(&mut self, tenant: &str, event: &DomainEvent) {
+        match event {
+            DomainEvent::TenantCreated(e) => {
+                self.tenants.entry(e.tenant.clone()).or_default();
+            }
+            DomainEvent::PrincipalCreated(e) => {
+                let key = (e.tenant.clone(), e.name.clone());
+                if self.principals.contains_key(&key) {
+                    return;
+                }
+                let rec = PrincipalRecord {
+                    tenant: e.tenant.clone(),
+                    name: e.name.clone(),
+                    role: e.role,
+                    secret_id: e.secret_id.clone(),
+                    secret_hash: parse_hash(&e.secret_hash),
+                    disabled: false,
+                };
+                if e.role == Role::Admin {
+                    self.tenants.entry(e.tenant.clone()).or_default().admins += 1;
+                }
+                self.by_secret_id.insert(e.secret_id.clone(), key.clone());
+                self.principals.insert(key, rec);
+            }
+            DomainEvent::PrincipalDisabled(e) => {
+                if let Some(p) = self.principals.get_mut(&(e.tenant.clone(), e.name.clone()))
+                    && !p.disabled
+                {
+                    p.disabled = true;
+                    self.by_secret_id.remove(&p.secret_id);
+                    if p.role == Role::Admin
+                        && let Some(t) = self.tenants.get_mut(&p.tenant)
+                    {
+                        t.admins = t.admins.saturating_sub(1);
+                    }
+                }
+            }
+            DomainEvent::PrincipalSecretRotated(e) => {
+                let key = (e.tenant.clone(), e.name.clone());
+                if let Some(p) = self.principals.get_mut(&key)
+                    && !p.disabled
+                {
+                    self.by_secret_id.remove(&p.secret_id);
+                    p.secret_id = e.secret_id.clone();
+                    p.secret_hash = parse_hash(&e.secret_hash);
+                    self.by_secret_id.insert(e.secret_id.clone(), key);
+                }
+            }
+            DomainEvent::ClientPolicySet(e) => {
+                self.policies
+                    .insert((tenant.to_owned(), e.client_id.clone()), Arc::new(e.clone()));
+            }
+            _ => {}
+        }
+    }
+
+    /// The enabled principal holding credential id `secret_id`.
+    pub fn by_secret_id(&self, secret_id: &str) -> Option<&PrincipalRecord> {
+        self.by_secret_id
+            .get(secret_id)
+            .and_then(|k| self.principals.get(k))
+            .filter(|p| !p.disabled)
+    }
+
+    /// A principal by tenant and name, enabled or not.
+    pub fn principal(&self, tenant: &str, name: &str) -> Option<&PrincipalRecord> {
+        self.principals.get(&(tenant.to_owned(), name.to_owned()))
+    }
+
+    /// Whether the tenant exists.
+    pub fn tenant_exists(&self, tenant: &str) -> bool {
+        self.tenants.contains_key(tenant)
+    }
+
+    /// Whether the tenant has an enabled admin.
+    pub fn tenant_has_admin(&self, tenant: &str) -> bool {
+        self.tenants.get(tenant).is_some_and(|t| t.admins > 0)
+    }
+
+    /// The client's policy in the tenant, if one was set.
+    pub fn policy(&self, tenant: &str, client_id: &str) -> Option<Arc<ClientPolicySet>> {
+        self.policies.get(&(tenant.to_owned(), client_id.to_owned())).cloned()
+    }
+}
+
+fn parse_hash(hex_str: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    if hex_str.len() == 64 {
+        for (i, chunk) in hex_str.as_bytes().chunks(2).enumerate() {
+            let s = std::str::from_utf8(chunk).unwrap_or("zz");
+            match u8::from_str_radix(s, 16) {
+                Ok(b) => out[i] = b,
+                Err(_) => return [0u8; 32],
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::*;
+
+    fn created(name: &str, role: Role, secret_id: &str) -> DomainEvent {
+        DomainEvent::PrincipalCreated(PrincipalCreated {
+            name: name.into(),
+            role,
+            tenant: "acme".into(),
+            secret_id: secret_id.into(),
+            secret_hash: "ab".repeat(32),
+            by: "bootstrap".into(),
+        })
+    }
+
+    #[test]
+    fn given_principal_events_then_lookup_follows_rotation_and_disable() {
+        let mut r = Registry::default();
+        r.apply(
+            "acme",
+            &DomainEvent::TenantCreated(TenantCreated {
+                tenant: "acme".into(),
+                by: "bootstrap".into(),
+            }),
+        );
+        assert!(r.tenant_exists("acme") && !r.tenant_has_admin("acme"));
+        r.apply("acme", &created("root", Role::Admin, "s1"));
+        assert!(r.tenant_has_admin("acme"));
+        assert_eq!(r.by_secret_id("s1").unwrap().secret_hash, [0xab; 32]);
+        r.apply(
+            "acme",
+            &DomainEvent::PrincipalSecretRotated(PrincipalSecretRotated {
+                name: "root".into(),
+                tenant: "acme".into(),
+                secret_id: "s2".into(),
+                secret_hash: "cd".repeat(32),
+                by: "root".into(),
+            }),
+        );
+        assert!(r.by_secret_id("s1").is_none());
+        assert_eq!(r.by_secret_id("s2").unwrap().secret_hash, [0xcd; 32]);
+        r.apply(
+            "acme",
+            &DomainEvent::PrincipalDisabled(PrincipalDisabled {
+                name: "root".into(),
+                tenant: "acme".into(),
+                by: "x".into(),
+            }),
+        );
+        assert!(r.by_secret_id("s2").is_none());
+        assert!(!r.tenant_has_admin("acme"));
+        assert!(r.principal("acme", "root").unwrap().disabled);
+    }
+
+    #[test]
+    fn a_repeated_name_does_not_replace_the_first() {
+        let mut r = Registry::default();
+        r.apply("acme", &created("p", Role::Validator, "s1"));
+        r.apply("acme", &created("p", Role::Admin, "s2"));
+        assert_eq!(r.principal("acme", "p").unwrap().role, Role::Validator);
+        assert!(r.by_secret_id("s2").is_none());
+    }
+}
