@@ -1,1 +1,22 @@
-//! placeholder
+//! tokenledger's server: the HTTP API on axum, Zero-Trust principals and
+//! roles, settings, and `tokenledger serve`.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use clap::Parser;
+//! let args = tokenledger_server::config::ServeArgs::parse_from(["serve", "--data-dir", "/tmp/tl"]);
+//! let settings = tokenledger_server::config::Settings::resolve(args)?;
+//! tokenledger_server::serve::serve(settings).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod metrics;
+pub mod problem;
+pub mod schema;
+pub mod serve;
+pub mod state;
+
+pub use api::app;

@@ -1,0 +1,258 @@
+//! Every setting of `tokenledger serve`, in one place.
+//!
+//! Each setting is read, in this order of precedence, from the command-line
+//! flag, the `TOKENLEDGER_*` environment variable, the TOML file given by
+//! `--config` / `TOKENLEDGER_CONFIG` (keys are the flag names with `_`), and
+//! the default below.
+//!
+//! | flag / TOML key | variable | default | meaning |
+//! |---|---|---|---|
+//! | `--data-dir` / `data_dir` | `TOKENLEDGER_DATA_DIR` | `./data` | the ledger file, bootstrap token |
+//! | `--listen` / `listen` | `TOKENLEDGER_LISTEN` | `127.0.0.1:8080` | address of the API |
+//! | `--tls-cert` / `tls_cert` | `TOKENLEDGER_TLS_CERT` | none | PEM certificate chain: serve HTTPS |
+//! | `--tls-key` / `tls_key` | `TOKENLEDGER_TLS_KEY` | none | PEM private key |
+//! | `--allow-plain-http` / `allow_plain_http` | `TOKENLEDGER_ALLOW_PLAIN_HTTP` | `false` | plain HTTP on a non-loopback address |
+//! | `--metrics-listen` / `metrics_listen` | `TOKENLEDGER_METRICS_LISTEN` | none | second, unauthenticated listener for `/metrics` |
+//! | `--max-body-bytes` / `max_body_bytes` | `TOKENLEDGER_MAX_BODY_BYTES` | `1048576` | request body limit (413 above) |
+//! | `--max-events-per-append` / `max_events_per_append` | `TOKENLEDGER_MAX_EVENTS_PER_APPEND` | `1000` | events in one append |
+//! | `--read-limit-max` / `read_limit_max` | `TOKENLEDGER_READ_LIMIT_MAX` | `1000` | `limit` of reads is clamped to this |
+//! | `--clock-skew-seconds` / `clock_skew_seconds` | `TOKENLEDGER_CLOCK_SKEW_SECONDS` | `60` | client times further than this from the writer's clock are refused (422) |
+//! | `--verify-leeway-seconds` / `verify_leeway_seconds` | `TOKENLEDGER_VERIFY_LEEWAY_SECONDS` | `30` | `exp`/`nbf` leeway, at most 300 |
+//! | `--cutoff-mode` / `cutoff_mode` | `TOKENLEDGER_CUTOFF_MODE` | `enforce` | `enforce`, `dry_run` or `off` for rule cutoffs |
+//! | `--bootstrap-token` / `bootstrap_token` | `TOKENLEDGER_BOOTSTRAP_TOKEN` | generated into `<data-dir>/bootstrap.token` (0600) | the bootstrap secret, ≥ 32 bytes |
+//! | `--shutdown-grace-seconds` / `shutdown_grace_seconds` | `TOKENLEDGER_SHUTDOWN_GRACE_SECONDS` | `30` | on SIGTERM, how long in-flight requests may finish |
+//! | `--log-format` / `log_format` | `TOKENLEDGER_LOG_FORMAT` | `text` | `text` or `json` |
+//! | `--log` / `log` | `TOKENLEDGER_LOG` | `info` | a `tracing` filter, e.g. `info,tokenledger_server=debug` |
+
+use clap::Args;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// What rule-engaged cutoffs do (DESIGN.md `cutoff_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum CutoffMode {
+    /// Rules engage enforced cutoffs.
+    Enforce,
+    /// Rules record what they would do.
+    DryRun,
+    /// Rules do nothing.
+    Off,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+macro_rules! settings {
+    (
+        defaulted { $( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr, env = $env:literal; )+ }
+        optional { $( $(#[doc = $odoc:literal])* $oname:ident : $oty:ty, env = $oenv:literal; )+ }
+    ) => {
+        /// Flags of `tokenledger serve` (see the module docs for the table).
+        #[derive(Debug, Clone, Default, Args)]
+        pub struct ServeArgs {
+            /// A TOML file with any of the settings below.
+            #[arg(long, env = "TOKENLEDGER_CONFIG")]
+            pub config: Option<PathBuf>,
+            $( $(#[doc = $doc])* #[arg(long, env = $env)] pub $name: Option<$ty>, )+
+            $( $(#[doc = $odoc])* #[arg(long, env = $oenv)] pub $oname: Option<$oty>, )+
+        }
+
+        /// The same settings read from the TOML file.
+        #[derive(Debug, Clone, Default, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct FileSettings { $( $name: Option<$ty>, )+ $( $oname: Option<$oty>, )+ }
+
+        /// Resolved settings.
+        #[derive(Debug, Clone)]
+        pub struct Settings {
+            $( $(#[doc = $doc])* pub $name: $ty, )+
+            $( $(#[doc = $odoc])* pub $oname: Option<$oty>, )+
+        }
+
+        impl Settings {
+            fn merge(args: ServeArgs, file: FileSettings) -> Settings {
+                Settings {
+                    $( $name: args.$name.or(file.$name).unwrap_or_else(|| $default), )+
+                    $( $oname: args.$oname.or(file.$oname), )+
+                }
+            }
+        }
+    };
+}
+
+settings! {
+    defaulted {
+        /// The data directory: the ledger file and the bootstrap token.
+        data_dir: PathBuf = PathBuf::from("./data"), env = "TOKENLEDGER_DATA_DIR";
+        /// Address of the API.
+        listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8080)), env = "TOKENLEDGER_LISTEN";
+        /// Allow plain HTTP on a non-loopback address (behind a TLS-terminating proxy).
+        allow_plain_http: bool = false, env = "TOKENLEDGER_ALLOW_PLAIN_HTTP";
+        /// Request body limit in bytes; larger bodies get 413.
+        max_body_bytes: usize = 1 << 20, env = "TOKENLEDGER_MAX_BODY_BYTES";
+        /// Most events in one append.
+        max_events_per_append: usize = 1000, env = "TOKENLEDGER_MAX_EVENTS_PER_APPEND";
+        /// Reads return at most this many events.
+        read_limit_max: usize = 1000, env = "TOKENLEDGER_READ_LIMIT_MAX";
+        /// Client-sent times further than this from the writer's clock are refused, seconds.
+        clock_skew_seconds: u32 = 60, env = "TOKENLEDGER_CLOCK_SKEW_SECONDS";
+        /// Leeway for exp/nbf when verifying tokens, seconds, at most 300.
+        verify_leeway_seconds: u32 = 30, env = "TOKENLEDGER_VERIFY_LEEWAY_SECONDS";
+        /// What rule-engaged cutoffs do: enforce, dry_run or off.
+        cutoff_mode: CutoffMode = CutoffMode::Enforce, env = "TOKENLEDGER_CUTOFF_MODE";
+        /// On SIGTERM, how long in-flight requests may take to finish, seconds.
+        shutdown_grace_seconds: u64 = 30, env = "TOKENLEDGER_SHUTDOWN_GRACE_SECONDS";
+        /// Log format: text or json.
+        log_format: LogFormat = LogFormat::Text, env = "TOKENLEDGER_LOG_FORMAT";
+        /// A tracing filter, e.g. "info,tokenledger_server=debug".
+        log: String = "info".to_owned(), env = "TOKENLEDGER_LOG";
+    }
+    optional {
+        /// PEM certificate chain; with --tls-key, serve HTTPS.
+        tls_cert: PathBuf, env = "TOKENLEDGER_TLS_CERT";
+        /// PEM private key for --tls-cert.
+        tls_key: PathBuf, env = "TOKENLEDGER_TLS_KEY";
+        /// A second, unauthenticated listener serving only /metrics.
+        metrics_listen: SocketAddr, env = "TOKENLEDGER_METRICS_LISTEN";
+        /// The bootstrap secret (at least 32 bytes); generated into the data dir if absent.
+        bootstrap_token: String, env = "TOKENLEDGER_BOOTSTRAP_TOKEN";
+    }
+}
+
+/// Why the settings were refused; the server does not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The TOML file could not be read or parsed.
+    #[error("config file {path}: {message}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// A value is out of range or settings contradict each other.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Settings {
+    /// Resolves flags and variables (already merged by clap) over the TOML
+    /// file and the defaults, then checks them.
+    pub fn resolve(args: ServeArgs) -> Result<Settings, ConfigError> {
+        let file = match &args.config {
+            None => FileSettings::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::File {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?
+            }
+        };
+        let s = Settings::merge(args, file);
+        s.check()?;
+        Ok(s)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.verify_leeway_seconds > 300 {
+            return bad(format!(
+                "verify_leeway_seconds is {}; at most 300 is allowed",
+                self.verify_leeway_seconds
+            ));
+        }
+        if self.clock_skew_seconds > 3600 {
+            return bad(format!(
+                "clock_skew_seconds is {}; at most 3600 is allowed",
+                self.clock_skew_seconds
+            ));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return bad("--tls-cert and --tls-key go together".into());
+        }
+        if self.tls_cert.is_none() && !self.listen.ip().is_loopback() && !self.allow_plain_http {
+            return bad(format!(
+                "refusing plain HTTP on non-loopback address {}: give --tls-cert/--tls-key, or --allow-plain-http behind a TLS proxy",
+                self.listen
+            ));
+        }
+        if let Some(t) = &self.bootstrap_token
+            && t.len() < 32
+        {
+            return bad("the bootstrap token must be at least 32 bytes".into());
+        }
+        if self.max_body_bytes < 1024 || self.max_events_per_append == 0 || self.read_limit_max == 0 {
+            return bad("max_body_bytes must be ≥ 1024, max_events_per_append and read_limit_max ≥ 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> ServeArgs {
+        ServeArgs::default()
+    }
+
+    #[test]
+    fn defaults_are_safe() {
+        let s = Settings::resolve(args()).unwrap();
+        assert!(s.listen.ip().is_loopback());
+        assert_eq!(s.verify_leeway_seconds, 30);
+        assert_eq!(s.clock_skew_seconds, 60);
+        assert_eq!(s.cutoff_mode, CutoffMode::Enforce);
+    }
+
+    #[test]
+    fn out_of_range_refuses_to_start() {
+        let mut a = args();
+        a.verify_leeway_seconds = Some(301);
+        assert!(Settings::resolve(a).is_err());
+        let mut a = args();
+        a.listen = Some("0.0.0.0:8080".parse().unwrap());
+        assert!(Settings::resolve(a.clone()).is_err());
+        a.allow_plain_http = Some(true);
+        assert!(Settings::resolve(a).is_ok());
+        let mut a = args();
+        a.bootstrap_token = Some("short".into());
+        assert!(Settings::resolve(a).is_err());
+    }
+
+    #[test]
+    fn file_is_below_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "clock_skew_seconds = 10\nmax_body_bytes = 4096\ncutoff_mode = \"dry_run\"\n",
+        )
+        .unwrap();
+        let mut a = args();
+        a.config = Some(path.clone());
+        a.max_body_bytes = Some(8192);
+        let s = Settings::resolve(a).unwrap();
+        assert_eq!(s.clock_skew_seconds, 10);
+        assert_eq!(s.max_body_bytes, 8192);
+        assert_eq!(s.cutoff_mode, CutoffMode::DryRun);
+        std::fs::write(&path, "no_such_setting = 1\n").unwrap();
+        let mut a = args();
+        a.config = Some(path);
+        assert!(matches!(Settings::resolve(a), Err(ConfigError::File { .. })));
+    }
+}

@@ -1,0 +1,288 @@
+//! Errors as RFC 9457 `application/problem+json`, mapped to HTTP in exactly
+//! this one place, and the JSON body extractor whose rejections use the same
+//! format.
+//!
+//! Every problem has a stable `type`, `https://tokenledger.dev/problems/<kind>`;
+//! clients should match on the `<kind>` suffix. Details of a 5xx are logged,
+//! never sent.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
+
+/// The prefix of every problem `type`.
+pub const PROBLEM_BASE: &str = "https://tokenledger.dev/problems/";
+
+/// An API error: the status, a stable kind, a human-readable detail and
+/// extension members (RFC 9457 §3.2).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// The stable kind, the last segment of `type`.
+    pub kind: &'static str,
+    /// What went wrong, for a person.
+    pub detail: String,
+    /// Extension members, e.g. `actual_revision`.
+    pub extra: Map<String, Value>,
+}
+
+impl ApiError {
+    /// A problem with no extension members.
+    pub fn new(status: StatusCode, kind: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            kind,
+            detail: detail.into(),
+            extra: Map::new(),
+        }
+    }
+
+    /// Adds an extension member.
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.extra.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// 400: the request body or query is not what the endpoint takes.
+    pub fn bad_request(kind: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, kind, detail)
+    }
+
+    /// 401: no credential, or one that is not valid.
+    pub fn unauthenticated() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "a valid credential is required: Authorization: Bearer <secret>",
+        )
+    }
+
+    /// 403 with a kind naming the rule.
+    pub fn forbidden(kind: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, kind, detail)
+    }
+
+    /// 404.
+    pub fn not_found(kind: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, kind, detail)
+    }
+
+    /// 409.
+    pub fn conflict(kind: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, kind, detail)
+    }
+
+    /// 422: well-formed but refused by schema, NFC or clock-skew rules.
+    pub fn unprocessable(kind: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, kind, detail)
+    }
+
+    /// 503: not ready yet, or shutting down.
+    pub fn unavailable(kind: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, kind, detail)
+    }
+
+    /// 500: logged with its cause; the answer says only that it happened.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; see the server log",
+        )
+    }
+
+    /// The problem document.
+    pub fn body(&self) -> Value {
+        let mut body = json!({
+            "type": format!("{PROBLEM_BASE}{}", self.kind),
+            "title": self.status.canonical_reason().unwrap_or("error"),
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+        });
+        if let Value::Object(m) = &mut body {
+            for (k, v) in &self.extra {
+                m.insert(k.clone(), v.clone());
+            }
+        }
+        body
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.status.as_u16(), self.kind, self.detail)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status, axum::Json(self.body())).into_response();
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if self.status == StatusCode::UNAUTHORIZED {
+            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+/// A request body that claims to be JSON, read within the body limit:
+/// `Content-Type: application/json` (415 otherwise) and at most the limit
+/// (413). Parsed later with [`JsonBody::parse`], so a handler can check the
+/// caller's role before it looks at the body (DESIGN.md "Errors": 403 comes
+/// before 400).
+pub struct JsonBody(pub Bytes);
+
+impl JsonBody {
+    /// Parses strictly: valid JSON with no duplicate object keys
+    /// (`malformed-json`), of `T`'s shape with no unknown fields and no wrong
+    /// types (`invalid-body`); both 400.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        parse_strict(&self.0)
+    }
+}
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| {
+                let v = v.trim().to_ascii_lowercase();
+                v == "application/json" || (v.starts_with("application/") && v.ends_with("+json"))
+            });
+        if !is_json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "the body must be application/json",
+            ));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body-too-large",
+                    "the body is over the size limit",
+                )
+            } else {
+                ApiError::bad_request("unreadable-body", e.body_text())
+            }
+        })?;
+        Ok(JsonBody(bytes))
+    }
+}
+
+/// Parses JSON refusing duplicate keys, then into `T`. Errors are 400
+/// problems: `malformed-json` or `invalid-body`.
+pub fn parse_strict<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let value: StrictValue =
+        serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request("malformed-json", e.to_string()))?;
+    serde_json::from_value(value.0).map_err(|e| ApiError::bad_request("invalid-body", e.to_string()))
+}
+
+/// A JSON value whose objects have no duplicate keys.
+struct StrictValue(Value);
+
+impl<'de> serde::Deserialize<'de> for StrictValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(StrictValue)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(StrictValue(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!("duplicate key {key:?}")));
+            }
+            let StrictValue(v) = map.next_value()?;
+            out.insert(key, v);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Body {
+        a: u32,
+        b: Option<Value>,
+    }
+
+    #[test]
+    fn strict_parsing() {
+        assert!(parse_strict::<Body>(br#"{"a": 1, "b": {"x": [1, {"y": 2}]}}"#).is_ok());
+        let kind = |b: &[u8]| parse_strict::<Body>(b).unwrap_err().kind;
+        assert_eq!(kind(b"{not json"), "malformed-json");
+        assert_eq!(kind(br#"{"a": 1, "a": 2}"#), "malformed-json");
+        assert_eq!(kind(br#"{"a": 1, "b": {"x": 1, "x": 2}}"#), "malformed-json");
+        assert_eq!(kind(br#"{"a": 1, "c": 2}"#), "invalid-body");
+        assert_eq!(kind(br#"{"a": "1"}"#), "invalid-body");
+    }
+
+    #[test]
+    fn problem_document_shape() {
+        let p = ApiError::conflict("wrong-expected-revision", "x").with("actual_revision", 3);
+        let b = p.body();
+        assert_eq!(b["type"], "https://tokenledger.dev/problems/wrong-expected-revision");
+        assert_eq!(b["status"], 409);
+        assert_eq!(b["actual_revision"], 3);
+    }
+}

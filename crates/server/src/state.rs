@@ -1,0 +1,151 @@
+//! What every handler shares: the store, the registry projection, the schema
+//! validators, the settings, metrics and readiness.
+
+use crate::auth::{Caller, hash_secret, hashes_equal, split_credential};
+use crate::config::Settings;
+use crate::metrics::Metrics;
+use crate::schema::Schemas;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use tokenledger_domain::DomainEvent;
+use tokenledger_domain::clock::Clock;
+use tokenledger_domain::events::CURRENT_SCHEMA_VERSION;
+use tokenledger_domain::registry::Registry;
+use tokenledger_domain::role::Role;
+use tokenledger_store::{CommitHook, EventStore, Position, RecordedEvent, StoreError};
+
+/// Shared state of the HTTP API. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The event store.
+    pub store: Arc<dyn EventStore>,
+    /// Tenants, principals, client policies: updated from committed events
+    /// before the append is acknowledged.
+    pub registry: Arc<RegistryView>,
+    /// Compiled JSON Schemas of every event type.
+    pub schemas: Arc<Schemas>,
+    /// Resolved settings.
+    pub settings: Arc<Settings>,
+    /// The writer's clock, for skew checks.
+    pub clock: Arc<dyn Clock>,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// SHA-256 of the bootstrap secret.
+    pub bootstrap_hash: [u8; 32],
+    /// True once the views have reached the head of the log.
+    pub ready: Arc<AtomicBool>,
+    /// Serializes principal creation, so two requests cannot both become a
+    /// tenant's first admin.
+    pub principal_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl AppState {
+    /// State over `store`, not yet ready: call [`AppState::catch_up`] before
+    /// serving.
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        settings: Arc<Settings>,
+        clock: Arc<dyn Clock>,
+        bootstrap_secret: &str,
+    ) -> Self {
+        Self {
+            store,
+            registry: Arc::new(RegistryView::default()),
+            schemas: Arc::new(Schemas::compile()),
+            settings,
+            clock,
+            metrics: Arc::new(Metrics::default()),
+            bootstrap_hash: hash_secret(bootstrap_secret),
+            ready: Arc::new(AtomicBool::new(false)),
+            principal_lock: Arc::default(),
+        }
+    }
+
+    /// Folds the whole log into the registry, registers it as a commit hook
+    /// so it never falls behind an acknowledged append, and marks the state
+    /// ready. Call once, before any append. Returns the head it reached.
+    pub async fn catch_up(&self) -> Result<Position, StoreError> {
+        let mut from = Position::START.next();
+        let mut head = Position::START;
+        loop {
+            let page = self.store.read_all(from, 4096, None).await?;
+            let Some(last) = page.last() else { break };
+            head = last.position;
+            from = last.position.next();
+            for e in &page {
+                self.registry.apply(e);
+            }
+        }
+        self.store.add_commit_hook(self.registry.clone());
+        self.ready.store(true, Ordering::Release);
+        Ok(head)
+    }
+
+    /// Authenticates a bearer secret: a `tl_…` credential of an enabled
+    /// principal, or the bootstrap secret. Both comparisons are constant
+    /// time, and both run whatever the secret looks like.
+    pub fn authenticate(&self, secret: &str) -> Option<Caller> {
+        let is_bootstrap = hashes_equal(&hash_secret(secret), &self.bootstrap_hash);
+        let principal = split_credential(secret).and_then(|(id, secret)| {
+            let reg = self.registry.read();
+            let p = reg.by_secret_id(id)?;
+            hashes_equal(&hash_secret(secret), &p.secret_hash).then(|| Caller {
+                tenant: Some(p.tenant.clone()),
+                name: p.name.clone(),
+                role: p.role,
+            })
+        });
+        match (is_bootstrap, principal) {
+            (true, _) => Some(Caller {
+                tenant: None,
+                name: "bootstrap".into(),
+                role: Role::Bootstrap,
+            }),
+            (false, p) => p,
+        }
+    }
+
+    /// Whether the views have caught up with the log.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
+
+/// The registry behind a lock, fed by the store's commit hook.
+#[derive(Default)]
+pub struct RegistryView(RwLock<Registry>);
+
+impl RegistryView {
+    /// A read guard on the registry.
+    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
+        self.0.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Folds one recorded event in (events of other types are skipped
+    /// before their payload is decoded).
+    pub fn apply(&self, e: &RecordedEvent) {
+        if !matches!(
+            e.event_type.as_str(),
+            "TenantCreated" | "PrincipalCreated" | "PrincipalDisabled" | "PrincipalSecretRotated" | "ClientPolicySet"
+        ) {
+            return;
+        }
+        let version = e
+            .metadata
+            .get("schema_version")
+            .and_then(|v| v.as_u64())
+            .map_or(CURRENT_SCHEMA_VERSION, |v| v as u32);
+        match DomainEvent::from_parts(&e.event_type, version, &e.data) {
+            Ok(ev) => self.0.write().unwrap_or_else(|p| p.into_inner()).apply(&e.tenant, &ev),
+            Err(err) => tracing::error!(position = e.position.0, error = %err, "undecodable registry event skipped"),
+        }
+    }
+}
+
+impl CommitHook for RegistryView {
+    fn committed(&self, events: &[Arc<RecordedEvent>]) {
+        for e in events {
+            self.apply(e);
+        }
+    }
+}
