@@ -34,7 +34,8 @@ macro_rules! conformance_suite {
             append_and_read, expected_revision_semantics, optimistic_concurrency_race,
             no_stream_race, idempotency, idempotency_survives_restart, ordering_under_concurrency,
             subscription_hand_over, subscription_from_checkpoint, reads_after_restart,
-            tenants_are_isolated, commit_hooks_run_before_acknowledgement, close_refuses_appends);
+            tenants_are_isolated, commit_hooks_run_before_acknowledgement, close_refuses_appends,
+            guard_is_serialized_with_the_log);
     };
     (@tests $harness:expr; $($name:ident),+) => {
         $(
@@ -467,4 +468,94 @@ pub async fn close_refuses_appends<H: Harness>(h: &H) {
         Err(AppendError::Closed)
     );
     assert_eq!(s.read_all(Position::START, 10, None).await.unwrap().len(), 1);
+}
+
+/// A guard whose state comes from the commit hook: after a committed `Cut`,
+/// every `Mint` is refused.
+#[derive(Default)]
+struct CutGuard(std::sync::atomic::AtomicBool);
+
+impl CommitHook for CutGuard {
+    fn committed(&self, events: &[Arc<RecordedEvent>]) {
+        if events.iter().any(|e| e.event_type == "Cut") {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+impl AppendGuard for CutGuard {
+    fn is_barrier(&self, event_type: &str) -> bool {
+        event_type == "Cut"
+    }
+    fn check(&self, _stream: &StreamId, events: &[NewEvent]) -> Result<(), Rejection> {
+        if self.0.load(std::sync::atomic::Ordering::SeqCst) && events.iter().any(|e| e.event_type == "Mint") {
+            return Err(Rejection {
+                kind: "cut".into(),
+                detail: "minting is cut off".into(),
+                extra: Default::default(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The guard sees every event committed before an append and nothing after:
+/// under concurrent appends, no `Mint` lands after the `Cut`, every refused
+/// `Mint` came after it, and a retry of a committed `Mint` is not refused.
+pub async fn guard_is_serialized_with_the_log<H: Harness>(h: &H) {
+    let s = h.open().await;
+    let guard = Arc::new(CutGuard::default());
+    s.add_commit_hook(guard.clone());
+    s.set_guard(guard.clone());
+    let early = ev("Mint", 0);
+    s.append(&sid("t", "m-early"), ExpectedRevision::Any, vec![early.clone()])
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..64u64)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let kind = if i == 20 { "Cut" } else { "Mint" };
+                let r = s
+                    .append(&sid("t", &format!("m-{i}")), ExpectedRevision::Any, vec![ev(kind, i)])
+                    .await;
+                (kind, r)
+            })
+        })
+        .collect();
+    let mut cut_at = None;
+    let mut minted = Vec::new();
+    let mut refused = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            ("Cut", r) => cut_at = Some(r.unwrap().events[0].position),
+            (_, Ok(r)) => minted.push(r.events[0].position),
+            (_, Err(AppendError::Rejected(rej))) => {
+                assert_eq!(rej.kind, "cut");
+                refused += 1;
+            }
+            (_, Err(e)) => panic!("unexpected {e:?}"),
+        }
+    }
+    let cut_at = cut_at.unwrap();
+    assert!(minted.iter().all(|p| *p < cut_at), "a Mint was recorded after the Cut");
+    assert_eq!(minted.len() + refused, 63);
+    let all = s.read_all(Position::START, 1000, None).await.unwrap();
+    assert_eq!(all.len(), 1 + 1 + minted.len());
+    assert!(
+        all.iter()
+            .filter(|e| e.event_type == "Mint")
+            .all(|e| e.position < cut_at)
+    );
+    // After the cut: refused, but a retry of a committed Mint still answers.
+    assert!(matches!(
+        s.append(&sid("t", "late"), ExpectedRevision::Any, vec![ev("Mint", 99)])
+            .await,
+        Err(AppendError::Rejected(_))
+    ));
+    let retry = s
+        .append(&sid("t", "m-early"), ExpectedRevision::Any, vec![early])
+        .await
+        .unwrap();
+    assert!(!retry.written);
 }

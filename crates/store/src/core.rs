@@ -47,6 +47,7 @@ pub(crate) fn apply_append(
     tables: &mut impl LogTables,
     cursor: &mut Cursor,
     now: DateTime<Utc>,
+    guard: Option<&dyn crate::AppendGuard>,
     stream: &StreamId,
     expected: ExpectedRevision,
     events: &[NewEvent],
@@ -70,6 +71,10 @@ pub(crate) fn apply_append(
     }
     if known.iter().any(Option::is_some) {
         return replay_result(tables, stream, events, &hashes, &known).map(|r| (r, Vec::new()));
+    }
+
+    if let Some(g) = guard {
+        g.check(stream, events).map_err(AppendError::Rejected)?;
     }
 
     let actual = tables.stream_revision(stream)?;

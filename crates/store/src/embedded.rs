@@ -71,9 +71,12 @@ enum Msg {
     Close(oneshot::Sender<()>),
 }
 
+type GuardSlot = Arc<std::sync::RwLock<Option<Arc<dyn crate::AppendGuard>>>>;
+
 struct Inner {
     db: Arc<Database>,
     hub: Arc<Hub>,
+    guard: GuardSlot,
     queue: mpsc::Sender<Msg>,
     closed: AtomicBool,
 }
@@ -107,10 +110,12 @@ impl RedbStore {
         }
         let cursor = read_cursor(&db)?;
         let hub = Arc::new(Hub::new());
+        let guard = GuardSlot::default();
         let (tx, rx) = mpsc::channel(opts.queue.max(1));
         let writer = Writer {
             db: db.clone(),
             hub: hub.clone(),
+            guard: guard.clone(),
             clock: opts.clock,
             cursor,
             max_group: opts.max_group.max(1),
@@ -123,6 +128,7 @@ impl RedbStore {
             inner: Arc::new(Inner {
                 db,
                 hub,
+                guard,
                 queue: tx,
                 closed: AtomicBool::new(false),
             }),
@@ -159,6 +165,7 @@ fn decode(bytes: &[u8]) -> Result<RecordedEvent, StoreError> {
 struct Writer {
     db: Arc<Database>,
     hub: Arc<Hub>,
+    guard: GuardSlot,
     clock: Arc<dyn Clock>,
     cursor: Cursor,
     max_group: usize,
@@ -181,9 +188,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            if !group.is_empty() {
-                self.commit_group(group);
-            }
+            self.commit_segments(group);
         }
         rx.close();
         // Anything that raced the close is refused, not dropped silently.
@@ -206,9 +211,29 @@ impl Writer {
         }
     }
 
-    fn commit_group(&mut self, group: Vec<Request>) {
+    /// Commits a group in segments: a segment ends after an append that the
+    /// guard calls a barrier, so the hooks have seen it before the next
+    /// append is checked.
+    fn commit_segments(&mut self, group: Vec<Request>) {
+        let guard = self.guard.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut segment = Vec::new();
+        for req in group {
+            let barrier = guard
+                .as_ref()
+                .is_some_and(|g| req.events.iter().any(|e| g.is_barrier(&e.event_type)));
+            segment.push(req);
+            if barrier {
+                self.commit_group(std::mem::take(&mut segment), guard.as_deref());
+            }
+        }
+        if !segment.is_empty() {
+            self.commit_group(segment, guard.as_deref());
+        }
+    }
+
+    fn commit_group(&mut self, group: Vec<Request>, guard: Option<&dyn crate::AppendGuard>) {
         let before = self.cursor;
-        match self.write_group(&group) {
+        match self.write_group(&group, guard) {
             Ok(outcomes) => {
                 let committed: Vec<Arc<RecordedEvent>> = outcomes
                     .iter()
@@ -236,6 +261,7 @@ impl Writer {
     fn write_group(
         &mut self,
         group: &[Request],
+        guard: Option<&dyn crate::AppendGuard>,
     ) -> Result<Vec<Result<(AppendResult, Vec<RecordedEvent>), AppendError>>, StoreError> {
         let txn = self.db.begin_write().map_err(storage)?;
         let mut outcomes = Vec::with_capacity(group.len());
@@ -253,6 +279,7 @@ impl Writer {
                     &mut tables,
                     &mut self.cursor,
                     now,
+                    guard,
                     &req.stream,
                     req.expected,
                     &req.events,
@@ -427,6 +454,10 @@ impl EventStore for RedbStore {
 
     fn add_commit_hook(&self, hook: Arc<dyn CommitHook>) {
         self.inner.hub.add_hook(hook);
+    }
+
+    fn set_guard(&self, guard: Arc<dyn crate::AppendGuard>) {
+        *self.inner.guard.write().unwrap_or_else(|e| e.into_inner()) = Some(guard);
     }
 
     async fn close(&self) {

@@ -98,10 +98,42 @@ pub trait EventStore: Send + Sync + 'static {
     /// acknowledged write (principals, block list, cutoffs) use it.
     fn add_commit_hook(&self, hook: Arc<dyn CommitHook>);
 
+    /// Sets the guard the writer consults before each append (DESIGN.md
+    /// "Enforcement is serialized with the log"). At most one; a second
+    /// call replaces the first.
+    fn set_guard(&self, guard: Arc<dyn AppendGuard>);
+
     /// Stops accepting appends, commits everything already queued and waits
     /// for the writer to finish. Appends after this fail with
     /// [`AppendError::Closed`].
     async fn close(&self);
+}
+
+/// Refuses appends inside the writer, serialized with the log: a guard sees
+/// the state the commit hooks built from every event committed before the
+/// append, and nothing committed after it.
+pub trait AppendGuard: Send + Sync + 'static {
+    /// Whether committing an event of this type can change what `check`
+    /// answers. The writer commits (and runs the hooks for) such an append
+    /// before it checks the next one, so a group commit never lets an append
+    /// slip past a refusal that an earlier append in the same group caused.
+    fn is_barrier(&self, event_type: &str) -> bool;
+
+    /// Refuses an append with a reason; called after the idempotency check
+    /// (a retry of a committed append is never refused) and before the
+    /// expected-revision check.
+    fn check(&self, stream: &StreamId, events: &[NewEvent]) -> Result<(), Rejection>;
+}
+
+/// Why a guard refused an append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// A stable kind, e.g. `parent-revoked` or `minting-cutoff`.
+    pub kind: String,
+    /// What was refused and why.
+    pub detail: String,
+    /// Extra members for the answer, e.g. the cutoff id.
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Sees committed events, in position order, before their appends are

@@ -72,6 +72,7 @@ pub struct MemoryStore {
     state: Arc<Mutex<State>>,
     hub: Arc<Hub>,
     clock: Arc<dyn Clock>,
+    guard: Arc<std::sync::RwLock<Option<Arc<dyn crate::AppendGuard>>>>,
 }
 
 impl Default for MemoryStore {
@@ -92,6 +93,7 @@ impl MemoryStore {
             state: Arc::default(),
             hub: Arc::new(Hub::new()),
             clock,
+            guard: Arc::default(),
         }
     }
 
@@ -103,6 +105,7 @@ impl MemoryStore {
             state: self.state.clone(),
             hub: Arc::new(Hub::new()),
             clock: self.clock.clone(),
+            guard: Arc::default(),
         }
     }
 
@@ -125,7 +128,16 @@ impl EventStore for MemoryStore {
         }
         let mut cursor = state.cursor();
         let now = self.clock.now();
-        let (result, recorded) = apply_append(&mut *state, &mut cursor, now, stream, expected, &events)?;
+        let guard = self.guard.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let (result, recorded) = apply_append(
+            &mut *state,
+            &mut cursor,
+            now,
+            guard.as_deref(),
+            stream,
+            expected,
+            &events,
+        )?;
         let start = state.events.len() - recorded.len();
         // Published under the lock so hooks and subscribers see position order.
         self.hub.publish(&state.events[start..]);
@@ -178,6 +190,10 @@ impl EventStore for MemoryStore {
 
     fn add_commit_hook(&self, hook: Arc<dyn CommitHook>) {
         self.hub.add_hook(hook);
+    }
+
+    fn set_guard(&self, guard: Arc<dyn crate::AppendGuard>) {
+        *self.guard.write().unwrap_or_else(|e| e.into_inner()) = Some(guard);
     }
 
     async fn close(&self) {

@@ -205,6 +205,9 @@ pub enum AppendError {
     /// The batch is empty.
     #[error("an append needs at least one event")]
     Empty,
+    /// The [`AppendGuard`](crate::AppendGuard) refused the append.
+    #[error("refused: {}", .0.detail)]
+    Rejected(crate::Rejection),
     /// The store failed; nothing of this append was written.
     #[error("storage error: {0}")]
     Storage(String),

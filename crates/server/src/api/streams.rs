@@ -282,6 +282,16 @@ pub fn append_error(e: AppendError) -> ApiError {
             format!("event id {event_id} appears twice in the batch"),
         ),
         AppendError::Empty => ApiError::bad_request("empty-append", "an append needs at least one event"),
+        AppendError::Rejected(r) => {
+            let kind = match r.kind.as_str() {
+                "minting-cutoff" => "minting-cutoff",
+                "parent-revoked" => "parent-revoked",
+                _ => "append-refused",
+            };
+            let mut e = ApiError::forbidden(kind, r.detail);
+            e.extra.extend(r.extra);
+            e
+        }
         AppendError::Closed => ApiError::unavailable("shutting-down", "the server is shutting down"),
         AppendError::Storage(e) => ApiError::internal(e),
     }
