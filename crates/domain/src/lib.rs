@@ -24,5 +24,6 @@ pub mod policy;
 pub mod registry;
 pub mod role;
 pub mod schemas;
+pub mod views;
 
 pub use events::{DomainEvent, EventType, Metadata};

@@ -124,6 +124,12 @@ pub async fn append(
         }
     }
 
+    // A retry of an append that was already recorded is answered with the
+    // original result by the store, whatever the clock or the policy says
+    // now; only the content comparison there decides.
+    let sid = StreamId::new(tenant.clone(), stream.clone());
+    let retry = is_retry(&st, &sid, &req.events).await?;
+
     // Schema, names, times (422); stamped fields (403).
     let now = st.clock.now();
     let skew = chrono::Duration::seconds(i64::from(st.settings.clock_skew_seconds));
@@ -165,7 +171,9 @@ pub async fn append(
             }
         }
         if let DomainEvent::TokenIssued(t) = &ev {
-            check_times(i, t, now, skew)?;
+            if !retry {
+                check_times(i, t, now, skew)?;
+            }
             if i != 0 {
                 return Err(ApiError::unprocessable(
                     "issuance-not-first",
@@ -180,7 +188,6 @@ pub async fn append(
     }
 
     // Ownership of revocations: the token must be this client's.
-    let sid = StreamId::new(tenant.clone(), stream.clone());
     let issued_here = match &typed[0].1 {
         DomainEvent::TokenIssued(t) => Some(t.clone()),
         _ => None,
@@ -205,7 +212,9 @@ pub async fn append(
     }
 
     // Policy (403 grant-refused, recorded as GrantRefused).
-    if let Some(t) = &issued_here {
+    if let Some(t) = &issued_here
+        && !retry
+    {
         check_policy(&st, &tenant, &caller.name, t).await?;
     }
 
@@ -387,6 +396,14 @@ fn check_times(i: usize, t: &TokenIssued, now: DateTime<Utc>, skew: chrono::Dura
         ));
     }
     Ok(())
+}
+
+/// Whether every event id of the batch is already in the stream: a retry.
+async fn is_retry(st: &AppState, sid: &StreamId, events: &[EventIn]) -> Result<bool, ApiError> {
+    let Some(existing) = st.store.read_stream(sid, 0, 4096).await.map_err(ApiError::internal)? else {
+        return Ok(false);
+    };
+    Ok(events.iter().all(|e| existing.iter().any(|x| x.event_id == e.event_id)))
 }
 
 /// The client a token stream's `TokenIssued` names, `None` when the stream
