@@ -38,6 +38,7 @@ pub struct Registry {
 #[derive(Debug, Default, Clone)]
 struct TenantRecord {
     admins: usize,
+    had_admin: bool,
 }
 
 impl Registry {
@@ -63,7 +64,9 @@ impl Registry {
                     disabled: false,
                 };
                 if e.role == Role::Admin {
-                    self.tenants.entry(e.tenant.clone()).or_default().admins += 1;
+                    let t = self.tenants.entry(e.tenant.clone()).or_default();
+                    t.admins += 1;
+                    t.had_admin = true;
                 }
                 self.by_secret_id.insert(e.secret_id.clone(), key.clone());
                 self.principals.insert(key, rec);
@@ -121,6 +124,13 @@ impl Registry {
     /// Whether the tenant has an enabled admin.
     pub fn tenant_has_admin(&self, tenant: &str) -> bool {
         self.tenants.get(tenant).is_some_and(|t| t.admins > 0)
+    }
+
+    /// Whether the tenant has ever had an admin (disabled ones count): the
+    /// bootstrap principal creates only a tenant's first admin, so it cannot
+    /// take over a tenant whose admins were disabled.
+    pub fn tenant_ever_had_admin(&self, tenant: &str) -> bool {
+        self.tenants.get(tenant).is_some_and(|t| t.had_admin)
     }
 
     /// The client's policy in the tenant, if one was set.
@@ -195,6 +205,7 @@ mod tests {
         );
         assert!(r.by_secret_id("s2").is_none());
         assert!(!r.tenant_has_admin("acme"));
+        assert!(r.tenant_ever_had_admin("acme"));
         assert!(r.principal("acme", "root").unwrap().disabled);
     }
 

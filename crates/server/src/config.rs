@@ -20,6 +20,12 @@
 //! | `--verify-leeway-seconds` / `verify_leeway_seconds` | `TOKENLEDGER_VERIFY_LEEWAY_SECONDS` | `30` | `exp`/`nbf` leeway, at most 300 |
 //! | `--cutoff-mode` / `cutoff_mode` | `TOKENLEDGER_CUTOFF_MODE` | `enforce` | `enforce`, `dry_run` or `off` for rule cutoffs |
 //! | `--bootstrap-token` / `bootstrap_token` | `TOKENLEDGER_BOOTSTRAP_TOKEN` | generated into `<data-dir>/bootstrap.token` (0600) | the bootstrap secret, ≥ 32 bytes |
+//! | `--kek-file` / `kek_file` | `TOKENLEDGER_KEK_FILE` | `<data-dir>/kek`, generated (0600) | the key-encryption key that seals signing keys, 32 bytes hex |
+//! | `--issuer-name` / `issuer_name` | `TOKENLEDGER_ISSUER_NAME` | `tokenledger` | `iss` of minted tokens |
+//! | `--key-publish-lead-seconds` / `key_publish_lead_seconds` | `TOKENLEDGER_KEY_PUBLISH_LEAD_SECONDS` | `3600` | a scheduled next key is published this long before it signs |
+//! | `--key-rotation-seconds` / `key_rotation_seconds` | `TOKENLEDGER_KEY_ROTATION_SECONDS` | `2592000` | scheduled rotation period (0: never) |
+//! | `--max-token-ttl-seconds` / `max_token_ttl_seconds` | `TOKENLEDGER_MAX_TOKEN_TTL_SECONDS` | `86400` | no policy grants longer; a retired key verifies this long |
+//! | `--max-exchange-depth` / `max_exchange_depth` | `TOKENLEDGER_MAX_EXCHANGE_DEPTH` | `4` | deepest token-exchange chain |
 //! | `--shutdown-grace-seconds` / `shutdown_grace_seconds` | `TOKENLEDGER_SHUTDOWN_GRACE_SECONDS` | `30` | on SIGTERM, how long in-flight requests may finish |
 //! | `--log-format` / `log_format` | `TOKENLEDGER_LOG_FORMAT` | `text` | `text` or `json` |
 //! | `--log` / `log` | `TOKENLEDGER_LOG` | `info` | a `tracing` filter, e.g. `info,tokenledger_server=debug` |
@@ -112,6 +118,16 @@ settings! {
         cutoff_mode: CutoffMode = CutoffMode::Enforce, env = "TOKENLEDGER_CUTOFF_MODE";
         /// On SIGTERM, how long in-flight requests may take to finish, seconds.
         shutdown_grace_seconds: u64 = 30, env = "TOKENLEDGER_SHUTDOWN_GRACE_SECONDS";
+        /// The `iss` of tokens this server mints.
+        issuer_name: String = "tokenledger".to_owned(), env = "TOKENLEDGER_ISSUER_NAME";
+        /// How long a scheduled next key is published before it signs, seconds.
+        key_publish_lead_seconds: u64 = 3600, env = "TOKENLEDGER_KEY_PUBLISH_LEAD_SECONDS";
+        /// Scheduled rotation: a key signs for at most this long, seconds (0: never).
+        key_rotation_seconds: u64 = 30 * 86400, env = "TOKENLEDGER_KEY_ROTATION_SECONDS";
+        /// Longest token lifetime any policy may grant, seconds; a retired key verifies this long.
+        max_token_ttl_seconds: u64 = 86400, env = "TOKENLEDGER_MAX_TOKEN_TTL_SECONDS";
+        /// Deepest exchange chain: a token exchanged more often than this is refused.
+        max_exchange_depth: u32 = 4, env = "TOKENLEDGER_MAX_EXCHANGE_DEPTH";
         /// Log format: text or json.
         log_format: LogFormat = LogFormat::Text, env = "TOKENLEDGER_LOG_FORMAT";
         /// A tracing filter, e.g. "info,tokenledger_server=debug".
@@ -126,6 +142,8 @@ settings! {
         metrics_listen: SocketAddr, env = "TOKENLEDGER_METRICS_LISTEN";
         /// The bootstrap secret (at least 32 bytes); generated into the data dir if absent.
         bootstrap_token: String, env = "TOKENLEDGER_BOOTSTRAP_TOKEN";
+        /// The key-encryption key file (32 bytes, hex); generated as <data-dir>/kek (0600) if absent.
+        kek_file: PathBuf, env = "TOKENLEDGER_KEK_FILE";
     }
 }
 

@@ -3,8 +3,10 @@
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! use clap::Parser;
-//! let args = tokenledger_server::config::ServeArgs::parse_from(["serve", "--data-dir", "/tmp/tl"]);
+//! let args = tokenledger_server::config::ServeArgs {
+//!     data_dir: Some("/tmp/tl".into()),
+//!     ..Default::default()
+//! };
 //! let settings = tokenledger_server::config::Settings::resolve(args)?;
 //! tokenledger_server::serve::serve(settings).await?;
 //! # Ok(()) }

@@ -6,7 +6,6 @@
 //! clients should match on the `<kind>` suffix. Details of a 5xx are logged,
 //! never sent.
 
-use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -134,30 +133,25 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A request body that claims to be JSON, read within the body limit:
-/// `Content-Type: application/json` (415 otherwise) and at most the limit
-/// (413). Parsed later with [`JsonBody::parse`], so a handler can check the
-/// caller's role before it looks at the body (DESIGN.md "Errors": 403 comes
-/// before 400).
-pub struct JsonBody(pub Bytes);
-
-impl JsonBody {
-    /// Parses strictly: valid JSON with no duplicate object keys
-    /// (`malformed-json`), of `T`'s shape with no unknown fields and no wrong
-    /// types (`invalid-body`); both 400.
-    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
-        parse_strict(&self.0)
-    }
+/// A request body that claims to be JSON, not yet read. Reading it
+/// ([`JsonBody::parse`]) checks `Content-Type: application/json` (415), the
+/// body limit (413), JSON syntax with no duplicate keys and the endpoint's
+/// shape (400) — after the handler has checked the caller's role, as
+/// DESIGN.md "Errors" orders it (403 comes before anything about the body).
+pub struct JsonBody {
+    content_type: Option<String>,
+    body: axum::body::Body,
+    limit: usize,
 }
 
-impl<S: Send + Sync> FromRequest<S> for JsonBody {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let is_json = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
+impl JsonBody {
+    /// Reads and parses the body strictly: valid JSON with no duplicate
+    /// object keys (`malformed-json`), of `T`'s shape with no unknown fields,
+    /// no wrong types and no array where an object belongs (`invalid-body`).
+    pub async fn parse<T: DeserializeOwned + serde::Serialize>(self) -> Result<T, ApiError> {
+        let is_json = self
+            .content_type
+            .as_deref()
             .and_then(|v| v.split(';').next())
             .is_some_and(|v| {
                 let v = v.trim().to_ascii_lowercase();
@@ -170,27 +164,73 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
                 "the body must be application/json",
             ));
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body-too-large",
-                    "the body is over the size limit",
-                )
-            } else {
-                ApiError::bad_request("unreadable-body", e.body_text())
-            }
+        let bytes = axum::body::to_bytes(self.body, self.limit).await.map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                "the body is over the size limit",
+            )
         })?;
-        Ok(JsonBody(bytes))
+        parse_strict(&bytes)
+    }
+}
+
+impl FromRequest<crate::state::AppState> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &crate::state::AppState) -> Result<Self, ApiError> {
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Ok(JsonBody {
+            content_type,
+            body: req.into_body(),
+            limit: state.settings.max_body_bytes,
+        })
     }
 }
 
 /// Parses JSON refusing duplicate keys, then into `T`. Errors are 400
 /// problems: `malformed-json` or `invalid-body`.
-pub fn parse_strict<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub fn parse_strict<T: DeserializeOwned + serde::Serialize>(bytes: &[u8]) -> Result<T, ApiError> {
     let value: StrictValue =
         serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request("malformed-json", e.to_string()))?;
-    serde_json::from_value(value.0).map_err(|e| ApiError::bad_request("invalid-body", e.to_string()))
+    let parsed: T =
+        serde_json::from_value(value.0.clone()).map_err(|e| ApiError::bad_request("invalid-body", e.to_string()))?;
+    // serde's derived structs also accept a JSON array, read by position;
+    // the contract's shapes are objects, so refuse an array where the
+    // parsed value has an object.
+    let back = serde_json::to_value(&parsed).map_err(ApiError::internal)?;
+    if let Some(path) = array_for_object(&value.0, &back, String::new()) {
+        return Err(ApiError::bad_request(
+            "invalid-body",
+            format!(
+                "expected a JSON object at {}",
+                if path.is_empty() { "the top level" } else { &path }
+            ),
+        ));
+    }
+    Ok(parsed)
+}
+
+/// The path of the first place where `sent` has an array and `parsed`
+/// (the value re-serialized) has an object.
+fn array_for_object(sent: &Value, parsed: &Value, path: String) -> Option<String> {
+    match (sent, parsed) {
+        (Value::Array(_), Value::Object(_)) => Some(path),
+        (Value::Object(a), Value::Object(b)) => a
+            .iter()
+            .filter_map(|(k, v)| b.get(k).map(|w| (k, v, w)))
+            .find_map(|(k, v, w)| array_for_object(v, w, format!("{path}/{k}"))),
+        (Value::Array(a), Value::Array(b)) => a
+            .iter()
+            .zip(b)
+            .enumerate()
+            .find_map(|(i, (v, w))| array_for_object(v, w, format!("{path}/{i}"))),
+        _ => None,
+    }
 }
 
 /// A JSON value whose objects have no duplicate keys.
@@ -258,7 +298,7 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
 mod tests {
     use super::*;
 
-    #[derive(serde::Deserialize, Debug)]
+    #[derive(serde::Deserialize, serde::Serialize, Debug)]
     #[serde(deny_unknown_fields)]
     #[allow(dead_code)]
     struct Body {
@@ -275,6 +315,7 @@ mod tests {
         assert_eq!(kind(br#"{"a": 1, "b": {"x": 1, "x": 2}}"#), "malformed-json");
         assert_eq!(kind(br#"{"a": 1, "c": 2}"#), "invalid-body");
         assert_eq!(kind(br#"{"a": "1"}"#), "invalid-body");
+        assert_eq!(kind(br#"[1, null]"#), "invalid-body");
     }
 
     #[test]

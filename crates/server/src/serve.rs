@@ -4,7 +4,6 @@
 
 use crate::api;
 use crate::config::Settings;
-use crate::metrics::Metrics;
 use crate::state::AppState;
 use axum_server::Handle;
 use std::io::Write;
@@ -14,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokenledger_domain::clock::{Clock, SystemClock};
-use tokenledger_store::{CommitHook, EventStore, RecordedEvent, RedbOptions, RedbStore};
+use tokenledger_store::{EventStore, RedbOptions, RedbStore};
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -30,18 +29,6 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
-/// Counts committed events into the metrics.
-struct MetricsHook(Arc<Metrics>);
-
-impl CommitHook for MetricsHook {
-    fn committed(&self, events: &[Arc<RecordedEvent>]) {
-        self.0.events_appended.inc_by(events.len() as u64);
-        if let Some(last) = events.last() {
-            self.0.head_position.set(last.position.0 as i64);
-        }
-    }
-}
-
 /// Runs the server until SIGTERM or SIGINT.
 pub async fn serve(settings: Settings) -> Result<(), ServeError> {
     let settings = Arc::new(settings);
@@ -53,7 +40,6 @@ pub async fn serve(settings: Settings) -> Result<(), ServeError> {
     let store = RedbStore::open(opts)?;
     let store: Arc<dyn EventStore> = Arc::new(store);
     let state = AppState::new(store.clone(), settings.clone(), clock, &bootstrap);
-    let metrics = state.metrics.clone();
 
     let handle: Handle<SocketAddr> = Handle::new();
     let app = api::app(state.clone());
@@ -103,8 +89,6 @@ pub async fn serve(settings: Settings) -> Result<(), ServeError> {
 
     // Views reach the head of the log before the API answers (503 until then).
     let head = state.catch_up().await?;
-    store.add_commit_hook(Arc::new(MetricsHook(metrics.clone())));
-    metrics.head_position.set(head.0 as i64);
     tracing::info!(head = head.0, "ready");
 
     shutdown_signal().await;

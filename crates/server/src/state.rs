@@ -77,6 +77,8 @@ impl AppState {
             }
         }
         self.store.add_commit_hook(self.registry.clone());
+        self.store.add_commit_hook(Arc::new(MetricsHook(self.metrics.clone())));
+        self.metrics.head_position.set(head.0 as i64);
         self.ready.store(true, Ordering::Release);
         Ok(head)
     }
@@ -146,6 +148,18 @@ impl CommitHook for RegistryView {
     fn committed(&self, events: &[Arc<RecordedEvent>]) {
         for e in events {
             self.apply(e);
+        }
+    }
+}
+
+/// Counts committed events into the metrics.
+struct MetricsHook(Arc<Metrics>);
+
+impl CommitHook for MetricsHook {
+    fn committed(&self, events: &[Arc<RecordedEvent>]) {
+        self.0.events_appended.inc_by(events.len() as u64);
+        if let Some(last) = events.last() {
+            self.0.head_position.set(last.position.0 as i64);
         }
     }
 }

@@ -8,16 +8,24 @@ use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 async fn https_get(port: u16, root: CertificateDer<'static>, path: &str) -> std::io::Result<String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(root).unwrap();
-    let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    let mut tls = connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await?;
+    let mut tls = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await?;
     let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     tls.write_all(req.as_bytes()).await?;
     let mut out = String::new();
@@ -65,7 +73,10 @@ async fn serves_https_with_the_given_certificate() {
         .unwrap();
     let mut buf = Vec::new();
     let _ = tcp.read_to_end(&mut buf).await;
-    assert!(!String::from_utf8_lossy(&buf).contains("ready"), "plain HTTP was answered");
+    assert!(
+        !String::from_utf8_lossy(&buf).contains("ready"),
+        "plain HTTP was answered"
+    );
 }
 
 #[test]

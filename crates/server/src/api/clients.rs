@@ -13,7 +13,7 @@ use tokenledger_domain::events::{AudiencePolicy, ClientPolicySet, TokenFormat};
 use tokenledger_domain::{DomainEvent, EventType};
 
 /// The policy body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyBody {
     /// Audience → scopes and max ttl.
@@ -35,7 +35,7 @@ pub async fn set_policy(
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Permission::Administer)?;
     let tenant = caller.tenant()?.to_owned();
-    let req: PolicyBody = body.parse()?;
+    let req: PolicyBody = body.parse().await?;
     let policy = ClientPolicySet {
         client_id: client_id.clone(),
         audiences: req.audiences,

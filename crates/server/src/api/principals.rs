@@ -21,7 +21,7 @@ use tokenledger_domain::role::Role;
 use tokenledger_store::{AppendError, ExpectedRevision};
 
 /// `POST /v1/principals` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreatePrincipal {
     /// The principal's name, unique in its tenant; an issuer's `client_id`.
@@ -55,7 +55,7 @@ pub async fn create(
     body: JsonBody,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require_any(&[Permission::Administer, Permission::Bootstrap])?;
-    let req: CreatePrincipal = body.parse()?;
+    let req: CreatePrincipal = body.parse().await?;
     if req.role == Role::Bootstrap {
         return Err(ApiError::forbidden(
             "role-not-allowed",
@@ -78,10 +78,10 @@ pub async fn create(
         }
         check_tenant(&tenant).map_err(|e| ApiError::unprocessable("invalid-identifier", e.to_string()))?;
         check_name(&req.name)?;
-        if st.registry.read().tenant_has_admin(&tenant) {
+        if st.registry.read().tenant_ever_had_admin(&tenant) {
             return Err(ApiError::forbidden(
                 "tenant-has-admin",
-                "this tenant already has an admin; its admins create further principals",
+                "this tenant already has (or had) an admin; its admins create further principals",
             ));
         }
         if !st.registry.read().tenant_exists(&tenant) {

@@ -29,7 +29,7 @@ use tokenledger_store::{AppendError, AppendResult, ExpectedRevision, NewEvent, P
 use uuid::Uuid;
 
 /// The append request (DESIGN.md "Append").
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppendBody {
     /// `"any"`, `"no_stream"`, `"stream_exists"` or an integer.
@@ -39,7 +39,7 @@ pub struct AppendBody {
 }
 
 /// One event of an append.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventIn {
     /// The idempotency key, a UUID.
@@ -54,7 +54,7 @@ pub struct EventIn {
 }
 
 /// The metadata a client may send.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetadataIn {
     tenant: Option<String>,
@@ -73,7 +73,7 @@ pub async fn append(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require(Permission::AppendIssuance)?;
     let tenant = caller.tenant()?.to_owned();
-    let req: AppendBody = body.parse()?;
+    let req: AppendBody = body.parse().await?;
     check_stream_name(&stream).map_err(|e| ApiError::bad_request("invalid-stream-name", e.to_string()))?;
     if req.events.is_empty() {
         return Err(ApiError::bad_request(

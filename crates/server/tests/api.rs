@@ -1,0 +1,25 @@
+//! The HTTP API in-process: the contract of DESIGN.md ("Rules the contract
+//! rests on", "Errors", "Wire shapes") checked through `tokenledger_server::app`
+//! over an in-memory store, with `oneshot` requests.
+//!
+//! One test binary; the modules live in `tests/api/`.
+
+#[path = "api/support.rs"]
+mod support;
+
+#[path = "api/append.rs"]
+mod append;
+#[path = "api/authz.rs"]
+mod authz;
+#[path = "api/clients.rs"]
+mod clients;
+#[path = "api/ops.rs"]
+mod ops;
+#[path = "api/principals.rs"]
+mod principals;
+#[path = "api/reads.rs"]
+mod reads;
+#[path = "api/tenancy.rs"]
+mod tenancy;
+#[path = "api/validation.rs"]
+mod validation;
