@@ -20,5 +20,6 @@ pub mod problem;
 pub mod schema;
 pub mod serve;
 pub mod state;
+pub mod tokens;
 
 pub use api::app;

@@ -39,7 +39,8 @@ pub async fn serve(settings: Settings) -> Result<(), ServeError> {
     opts.clock = clock.clone();
     let store = RedbStore::open(opts)?;
     let store: Arc<dyn EventStore> = Arc::new(store);
-    let state = AppState::new(store.clone(), settings.clone(), clock, &bootstrap);
+    let kek = load_kek(&settings)?;
+    let state = AppState::new(store.clone(), settings.clone(), clock, &bootstrap, kek);
 
     let handle: Handle<SocketAddr> = Handle::new();
     let app = api::app(state.clone());
@@ -89,6 +90,18 @@ pub async fn serve(settings: Settings) -> Result<(), ServeError> {
 
     // Views reach the head of the log before the API answers (503 until then).
     let head = state.catch_up().await?;
+    let scheduler = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                every.tick().await;
+                if let Err(e) = state.keyring.tick(&state).await {
+                    tracing::error!(error = %e, "key scheduler step failed");
+                }
+            }
+        })
+    };
     tracing::info!(head = head.0, "ready");
 
     shutdown_signal().await;
@@ -102,6 +115,7 @@ pub async fn serve(settings: Settings) -> Result<(), ServeError> {
         Ok(r) => r?,
         Err(e) => tracing::error!(error = %e, "server task failed"),
     }
+    scheduler.abort();
     store.close().await;
     tracing::info!("pending commits flushed; stopped");
     Ok(())
@@ -130,6 +144,36 @@ fn create_private_dir(dir: &Path) -> Result<(), ServeError> {
     std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
     b.create(dir)
         .map_err(|e| ServeError::Setup(format!("data dir {}: {e}", dir.display())))
+}
+
+/// The key-encryption key: from `--kek-file`, or `<data-dir>/kek` (created
+/// exclusively with mode 0600 and 256 random bits if absent). Never a
+/// built-in default.
+fn load_kek(settings: &Settings) -> Result<tokenledger_tokens::seal::Kek, ServeError> {
+    let (path, may_create) = match &settings.kek_file {
+        Some(p) => (p.clone(), false),
+        None => (settings.data_dir.join("kek"), true),
+    };
+    let setup = |e: String| ServeError::Setup(format!("key-encryption key {}: {e}", path.display()));
+    let parse = |text: &str| -> Result<tokenledger_tokens::seal::Kek, ServeError> {
+        let raw = hex::decode(text.trim()).map_err(|e| setup(e.to_string()))?;
+        let bytes: [u8; 32] = raw.try_into().map_err(|_| setup("must be 32 bytes in hex".into()))?;
+        Ok(tokenledger_tokens::seal::Kek::from_bytes(bytes))
+    };
+    if path.exists() || !may_create {
+        return parse(&std::fs::read_to_string(&path).map_err(|e| setup(e.to_string()))?);
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let kek = tokenledger_tokens::seal::Kek::generate(&mut rand::rng());
+    let mut f = opts.open(&path).map_err(|e| setup(e.to_string()))?;
+    f.write_all(hex::encode(kek.to_bytes()).as_bytes())
+        .map_err(|e| setup(e.to_string()))?;
+    f.sync_all().map_err(|e| setup(e.to_string()))?;
+    tracing::info!(path = %path.display(), "generated the key-encryption key");
+    Ok(kek)
 }
 
 /// The bootstrap secret: from the settings, or `<data-dir>/bootstrap.token`

@@ -5,6 +5,8 @@ use crate::auth::{Caller, hash_secret, hashes_equal, split_credential};
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::schema::Schemas;
+use crate::tokens::views::ViewGuard;
+use crate::tokens::{KeyRing, LiveViews};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use tokenledger_domain::DomainEvent;
@@ -13,6 +15,7 @@ use tokenledger_domain::events::CURRENT_SCHEMA_VERSION;
 use tokenledger_domain::registry::Registry;
 use tokenledger_domain::role::Role;
 use tokenledger_store::{CommitHook, EventStore, Position, RecordedEvent, StoreError};
+use tokenledger_tokens::seal::Kek;
 
 /// Shared state of the HTTP API. Cheap to clone.
 #[derive(Clone)]
@@ -37,6 +40,11 @@ pub struct AppState {
     /// Serializes principal creation, so two requests cannot both become a
     /// tenant's first admin.
     pub principal_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Issued tokens, block list, key ring and trusted issuers of every
+    /// tenant: updated before an append is acknowledged.
+    pub views: Arc<LiveViews>,
+    /// Sealed signing keys.
+    pub keyring: Arc<KeyRing>,
 }
 
 impl AppState {
@@ -47,6 +55,7 @@ impl AppState {
         settings: Arc<Settings>,
         clock: Arc<dyn Clock>,
         bootstrap_secret: &str,
+        kek: Kek,
     ) -> Self {
         Self {
             store,
@@ -58,6 +67,8 @@ impl AppState {
             bootstrap_hash: hash_secret(bootstrap_secret),
             ready: Arc::new(AtomicBool::new(false)),
             principal_lock: Arc::default(),
+            views: Arc::default(),
+            keyring: Arc::new(KeyRing::new(kek)),
         }
     }
 
@@ -74,9 +85,12 @@ impl AppState {
             from = last.position.next();
             for e in &page {
                 self.registry.apply(e);
+                self.views.apply(e);
             }
         }
         self.store.add_commit_hook(self.registry.clone());
+        self.store.add_commit_hook(self.views.clone());
+        self.store.set_guard(Arc::new(ViewGuard(self.views.clone())));
         self.store.add_commit_hook(Arc::new(MetricsHook(self.metrics.clone())));
         self.metrics.head_position.set(head.0 as i64);
         self.ready.store(true, Ordering::Release);

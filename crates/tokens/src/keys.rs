@@ -96,6 +96,10 @@ pub fn generate(purpose: KeyPurpose) -> Result<GeneratedKey, KeyError> {
 /// The signing key of `purpose` from its (unsealed) secret bytes.
 pub fn signing_key(purpose: KeyPurpose, secret: &[u8]) -> Result<SigningKey, KeyError> {
     let inv = |e: pasetors::errors::Error| KeyError::Invalid(format!("{e:?}"));
+    // ed25519-compact panics on an all-zero seed; refuse it here instead.
+    if purpose == KeyPurpose::Public && secret.len() >= 32 && secret[..32].iter().all(|b| *b == 0) {
+        return Err(KeyError::Invalid("all-zero Ed25519 seed".into()));
+    }
     Ok(match purpose {
         KeyPurpose::Public => SigningKey::Public(AsymmetricSecretKey::<V4>::from(secret).map_err(inv)?),
         KeyPurpose::Local => SigningKey::Local(SymmetricKey::<V4>::from(secret).map_err(inv)?),
@@ -140,5 +144,6 @@ mod tests {
         assert!(l.kid.starts_with("k4.lid."));
         assert!(l.public_key.is_none());
         assert!(kid_of_public("k4.public.nope").is_none());
+        assert!(signing_key(KeyPurpose::Public, &[0u8; 64]).is_err());
     }
 }

@@ -3,11 +3,13 @@
 //! [`Caller`](crate::auth::Caller) and checks its role and tenant.
 
 mod clients;
+mod keys;
 mod ops;
 mod principals;
 mod streams;
+mod tokens;
 
-pub use streams::{AppendBody, EventIn, MetadataIn, ReadQuery};
+pub use streams::{AppendBody, EventIn, MetadataIn, ReadQuery, append_error};
 
 use crate::problem::ApiError;
 use crate::state::AppState;
@@ -36,6 +38,11 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/principals/{name}/disable", post(principals::disable))
         .route("/v1/principals/{name}/rotate", post(principals::rotate))
         .route("/v1/clients/{client_id}/policy", put(clients::set_policy))
+        .route("/v1/tokens", post(tokens::mint))
+        .route("/v1/tokens/verify", post(tokens::verify_token))
+        .route("/v1/keys", get(keys::list))
+        .route("/v1/keys/rotate", post(keys::rotate))
+        .route("/v1/keys/{kid}/revoke", post(keys::revoke))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_ready));
     Router::new()
         .merge(gated)
@@ -143,9 +150,15 @@ pub(crate) async fn append_server_event(
     expected: ExpectedRevision,
     event: DomainEvent,
 ) -> Result<tokenledger_store::AppendResult, tokenledger_store::AppendError> {
-    let (ty, data) = event
-        .to_parts()
-        .map_err(|e| tokenledger_store::AppendError::Storage(e.to_string()))?;
+    let ev = server_event(tenant, actor, &event).map_err(|e| tokenledger_store::AppendError::Storage(e.to_string()))?;
+    st.store
+        .append(&StreamId::new(tenant, stream), expected, vec![ev])
+        .await
+}
+
+/// A server-written event ready to append: stamped metadata, a fresh id.
+pub(crate) fn server_event(tenant: &str, actor: &str, event: &DomainEvent) -> Result<NewEvent, ApiError> {
+    let (ty, data) = event.to_parts().map_err(ApiError::internal)?;
     let md = Metadata {
         tenant: tenant.to_owned(),
         actor: actor.to_owned(),
@@ -154,15 +167,32 @@ pub(crate) async fn append_server_event(
         causation_id: None,
         source_time: None,
     };
-    let ev = NewEvent::new(
+    Ok(NewEvent::new(
         uuid::Uuid::new_v4(),
         ty,
         data,
         serde_json::to_value(md).unwrap_or_default(),
-    );
+    ))
+}
+
+/// Appends server-written events to one stream atomically; store errors
+/// become problems.
+pub(crate) async fn append_batch(
+    st: &AppState,
+    tenant: &str,
+    actor: &str,
+    stream: &str,
+    expected: ExpectedRevision,
+    events: Vec<DomainEvent>,
+) -> Result<tokenledger_store::AppendResult, ApiError> {
+    let batch = events
+        .iter()
+        .map(|e| server_event(tenant, actor, e))
+        .collect::<Result<Vec<_>, _>>()?;
     st.store
-        .append(&StreamId::new(tenant, stream), expected, vec![ev])
+        .append(&StreamId::new(tenant, stream), expected, batch)
         .await
+        .map_err(streams::append_error)
 }
 
 /// Records a server-written event to a stream with `any`; a failure is a 5xx.

@@ -69,7 +69,8 @@ impl TestApp {
     pub fn over(store: MemoryStore, clock: Arc<ManualClock>, args: ServeArgs) -> Self {
         let settings = Arc::new(Settings::resolve(args).unwrap());
         let dyn_store: Arc<dyn EventStore> = Arc::new(store.clone());
-        let state = AppState::new(dyn_store, settings, clock.clone(), BOOT);
+        let kek = tokenledger_tokens::seal::Kek::generate(&mut rand::rng());
+        let state = AppState::new(dyn_store, settings, clock.clone(), BOOT, kek);
         let router = tokenledger_server::app(state.clone());
         Self {
             router,
