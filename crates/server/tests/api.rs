@@ -19,6 +19,8 @@ mod ops;
 mod principals;
 #[path = "api/reads.rs"]
 mod reads;
+#[path = "api/schedule.rs"]
+mod schedule;
 #[path = "api/tenancy.rs"]
 mod tenancy;
 #[path = "api/validation.rs"]
