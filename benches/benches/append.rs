@@ -18,14 +18,19 @@
 //! streams, stream_index, event_ids, tenant_log), hashes and JSON-encodes
 //! each event, and answers each append through channels.
 //!
-//! Besides the table, the bench prints the machine, the filesystem of the
-//! temp dir, how the store grouped its commits (seen through a commit hook)
-//! and the latency of one bare `redb` commit by size, durable and not, which
-//! is where the time of a group commit goes.
+//! Below the table, "Where the time goes" prints: how the store grouped its
+//! commits (seen through a commit hook), its writer thread's CPU time and the
+//! bytes written per event; the latency of one bare `redb` commit by size,
+//! durable and not; and the store's five tables filled by a bare `redb` loop
+//! (same keys, lookups and inserts, no store code), durable and not, which
+//! splits the store's cost into `redb` work and its own.
+//!
+//! Every measurement uses a fresh temp dir under the OS temp dir, whose
+//! filesystem is printed with the machine (cores, CPU model, kernel).
 //!
 //! Run: `cargo bench -p tokenledger-benches --bench append`
 //! (`BENCH_SCALE=0.5 cargo bench -p tokenledger-benches --bench append` for
-//! half the totals). It takes about 15 s at scale 1 on 2 cores and an SSD.
+//! half the totals). At scale 1 it runs for about half a minute on 2 cores.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -55,14 +60,12 @@ const SINGLE_TOTAL: f64 = 40_000.0;
 const TARGET_BATCHED: f64 = 100_000.0;
 const TARGET_SINGLE: f64 = 20_000.0;
 
-/// The one table of the bare `redb` limit loops.
-const LIMIT_TABLE: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
-
 fn main() {
     let scale = bench_scale();
     let batched_total = scaled(BATCHED_TOTAL, scale, BATCH);
     let single_total = scaled(SINGLE_TOTAL, scale, 1);
     let payload = Payload::new();
+    let record = payload.record.as_slice();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -74,53 +77,66 @@ fn main() {
         "- BENCH_SCALE {scale}; TokenIssued `data` {} bytes, `metadata` {} bytes, stored record {} bytes (JSON)",
         payload.data_len,
         payload.metadata_len,
-        payload.record.len()
+        record.len()
     );
     println!(
         "- tokio multi-thread runtime, {WRITERS} writer tasks; redb default durability (Immediate: fsync per commit)\n"
     );
 
     // Each measurement in its own fresh temp dir; limit and store interleaved
-    // so that both see the same disk state.
-    let batched_limit = timed_limit(BATCH, batched_total, &payload.record);
+    // so that both see the same disk and load.
+    let batched_limit = one_table_loop(BATCH, batched_total, record);
     let batched = run_store(&rt, BATCH, batched_total, &payload);
-    let single_limit = timed_limit(WRITERS, single_total, &payload.record);
+    let single_limit = one_table_loop(WRITERS, single_total, record);
     let single = run_store(&rt, 1, single_total, &payload);
 
+    println!("| figure | ours (events/s) | limit (events/s) | ratio ours/limit | target |");
+    println!("|---|---|---|---|---|");
     let rows = [
-        Row {
-            figure: format!("batched: {WRITERS} writers x {BATCH}-event appends, new streams, NoStream"),
-            ours: batched.events_per_s(),
-            limit: batched_limit,
-            limit_is: format!("bare redb, 1 table, 1 durable txn per {BATCH} inserts"),
-            target: TARGET_BATCHED,
-        },
-        Row {
-            figure: format!("single: {WRITERS} writers x 1-event appends, new streams, NoStream"),
-            ours: single.events_per_s(),
-            limit: single_limit,
-            limit_is: format!("bare redb, 1 table, 1 durable txn per {WRITERS} inserts (perfect group commit)"),
-            target: TARGET_SINGLE,
-        },
+        (
+            format!("batched: {WRITERS} writers x {BATCH}-event appends, new streams, NoStream"),
+            &batched,
+            &batched_limit,
+            format!("bare redb, 1 table, 1 durable txn per {BATCH} inserts"),
+            TARGET_BATCHED,
+        ),
+        (
+            format!("single: {WRITERS} writers x 1-event appends, new streams, NoStream"),
+            &single,
+            &single_limit,
+            format!("bare redb, 1 table, 1 durable txn per {WRITERS} inserts: a perfect group commit"),
+            TARGET_SINGLE,
+        ),
     ];
-    print_table(&rows);
-
-    println!("\n## How the store grouped its commits (commit hook)\n");
-    println!(
-        "| figure | events | time (s) | commits | events/commit mean | p10 / p50 / p90 / max \
-         | mean time per commit | writer thread on CPU / waiting for a CPU | tokio workers on CPU |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|");
-    for (name, run) in [("batched", &batched), ("single", &single)] {
-        run.print_groups(name);
+    for (figure, ours, limit, limit_is, target) in rows {
+        let (ours, limit) = (ours.run.rate(), limit.rate());
+        let met = if ours >= target { "met" } else { "MISSED" };
+        println!(
+            "| {figure} | {} | {} ({limit_is}) | {:.2} | >= {} ({met}) |",
+            fmt_rate(ours),
+            fmt_rate(limit),
+            ours / limit,
+            fmt_rate(target)
+        );
     }
 
-    println!("\n## One bare redb commit by size (median, 1 table, same record bytes)\n");
+    println!("\n## Where the time goes\n");
+    println!("The store's commit groups (seen by a commit hook), its writer thread's scheduler time, and the bytes");
+    println!("the process passed to write(2)/pwrite(2) per event (from /proc/self/io wchar).\n");
+    println!(
+        "| figure | events | time (s) | commits | events/commit mean | p10 / p50 / p90 / max | mean time per commit \
+         | writer thread on CPU / waiting for a CPU | tokio workers on CPU | written per event |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    batched.print_groups("batched");
+    single.print_groups("single");
+
+    println!("\nOne bare redb commit by size (median; 1 table, the same record bytes):\n");
     println!("| inserts per txn | durable (fsync) | non-durable | durable events/s |");
     println!("|---|---|---|---|");
     for (inserts, commits) in [(1, 60), (WRITERS, 60), (BATCH, 60), (640, 20), (6400, 6)] {
-        let durable = commit_latency(inserts, commits, Durability::Immediate, &payload.record);
-        let none = commit_latency(inserts, commits, Durability::None, &payload.record);
+        let durable = commit_latency(inserts, commits, Durability::Immediate, record);
+        let none = commit_latency(inserts, commits, Durability::None, record);
         println!(
             "| {inserts} | {} | {} | {} |",
             fmt_dur(durable),
@@ -129,26 +145,75 @@ fn main() {
         );
     }
 
-    println!("\n## The store's five tables in bare redb: its table work without its code\n");
+    println!("\nThe store's five tables in bare redb: its table work without its code. The same tables, keys and");
+    println!("record bytes, the same lookups (one stream per append, one event id per event) and inserts, one txn");
     println!(
-        "Same tables, keys and record bytes as the store, the same lookups (one stream, one event id per event), "
+        "per group of {WRITERS} appends (the store's groups were full, above); no hashing, no JSON, no channels.\n"
     );
-    println!("one durable txn per group of {WRITERS} appends; no hashing, no JSON, no channels, no hooks.\n");
-    println!("| shape | events per txn | bare 5 tables (events/s) | store (events/s) | store / bare 5 tables |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "| shape | events per txn | bare 5 tables, durable (events/s) | non-durable (events/s) \
+         | written per event | store (events/s) | store / bare 5 tables durable |"
+    );
+    println!("|---|---|---|---|---|---|---|");
     for (name, per_append, total, store) in [
         ("batched", BATCH, batched_total, &batched),
         ("single", 1, single_total, &single),
     ] {
-        let bare = schema_loop(per_append, total, &payload.record);
+        let durable = five_table_loop(per_append, total, Durability::Immediate, record);
+        let none = five_table_loop(per_append, total, Durability::None, record);
         println!(
-            "| {name}: {WRITERS} appends x {per_append} events | {} | {} | {} | {:.2} |",
+            "| {name}: {WRITERS} appends x {per_append} events | {} | {} | {} | {} | {} | {:.2} |",
             WRITERS * per_append,
-            fmt_rate(bare),
-            fmt_rate(store.events_per_s()),
-            store.events_per_s() / bare
+            fmt_rate(durable.rate()),
+            fmt_rate(none.rate()),
+            fmt_bytes(durable.written_per_event()),
+            fmt_rate(store.run.rate()),
+            store.run.rate() / durable.rate()
         );
     }
+}
+
+/// Events written in a time, and the bytes the process wrote meanwhile.
+struct Measured {
+    events: usize,
+    elapsed: Duration,
+    /// Bytes passed to write(2)/pwrite(2) by the whole process.
+    written: u64,
+}
+
+impl Measured {
+    /// Runs `f`, which writes `events` events.
+    fn run(events: usize, f: impl FnOnce()) -> Measured {
+        let written = written_bytes();
+        let start = Instant::now();
+        f();
+        Measured {
+            events,
+            elapsed: start.elapsed(),
+            written: written_bytes() - written,
+        }
+    }
+
+    fn rate(&self) -> f64 {
+        self.events as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn written_per_event(&self) -> f64 {
+        self.written as f64 / self.events as f64
+    }
+}
+
+/// Bytes this process has passed to write(2) and friends (`wchar` of
+/// `/proc/self/io`; 0 where there is none).
+fn written_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|io| {
+            io.lines()
+                .find_map(|l| l.strip_prefix("wchar:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// `BENCH_SCALE` (default 1.0), which multiplies both totals.
@@ -254,40 +319,37 @@ impl CommitHook for GroupLog {
 
 /// The outcome of one store measurement.
 struct StoreRun {
-    events: usize,
-    elapsed: Duration,
+    run: Measured,
     /// Events per committed transaction, in commit order.
     groups: Vec<usize>,
-    /// CPU time of the store's writer thread over the run.
+    /// Scheduler time of the store's writer thread over the run.
     writer: ThreadTime,
-    /// CPU time of the tokio workers (the 64 appending tasks) over the run.
+    /// Scheduler time of the tokio workers (the appending tasks) over the run.
     tasks: ThreadTime,
 }
 
 impl StoreRun {
-    fn events_per_s(&self) -> f64 {
-        self.events as f64 / self.elapsed.as_secs_f64()
-    }
-
     fn print_groups(&self, name: &str) {
         let mut g = self.groups.clone();
         g.sort_unstable();
         let pct = |p: usize| g[(g.len() - 1) * p / 100];
-        let share = |d: Duration| format!("{:.0}%", 100.0 * d.as_secs_f64() / self.elapsed.as_secs_f64());
+        let elapsed = self.run.elapsed;
+        let share = |d: Duration| format!("{:.0}%", 100.0 * d.as_secs_f64() / elapsed.as_secs_f64());
         println!(
-            "| {name} | {} | {:.2} | {} | {:.1} | {} / {} / {} / {} | {} | {} / {} | {} |",
-            fmt_int(self.events),
-            self.elapsed.as_secs_f64(),
+            "| {name} | {} | {:.2} | {} | {:.1} | {} / {} / {} / {} | {} | {} / {} | {} | {} |",
+            fmt_int(self.run.events),
+            elapsed.as_secs_f64(),
             fmt_int(g.len()),
-            self.events as f64 / g.len() as f64,
+            self.run.events as f64 / g.len() as f64,
             pct(10),
             pct(50),
             pct(90),
             pct(100),
-            fmt_dur(self.elapsed / g.len() as u32),
+            fmt_dur(elapsed / g.len() as u32),
             share(self.writer.on_cpu),
             share(self.writer.runnable),
             share(self.tasks.on_cpu),
+            fmt_bytes(self.run.written_per_event()),
         );
     }
 }
@@ -305,31 +367,33 @@ fn run_store(rt: &Runtime, batch: usize, total: usize, payload: &Payload) -> Sto
     let content = Arc::new((payload.data.clone(), payload.metadata.clone()));
 
     let (writer0, tasks0) = (thread_time(WRITER_THREAD), thread_time(TOKIO_THREADS));
-    let start = Instant::now();
-    rt.block_on(async {
-        let writers: Vec<_> = (0..WRITERS)
-            .map(|_| {
-                let (store, next, content) = (store.clone(), next.clone(), content.clone());
-                tokio::spawn(async move {
-                    while next.fetch_add(1, Ordering::Relaxed) < appends {
-                        let stream = StreamId::new(TENANT, format!("token-{}", Uuid::new_v4()));
-                        let events = (0..batch)
-                            .map(|_| NewEvent::new(Uuid::new_v4(), "TokenIssued", content.0.clone(), content.1.clone()))
-                            .collect();
-                        let res = store
-                            .append(&stream, ExpectedRevision::NoStream, events)
-                            .await
-                            .expect("append");
-                        assert!(res.written);
-                    }
+    let run = Measured::run(total, || {
+        rt.block_on(async {
+            let writers: Vec<_> = (0..WRITERS)
+                .map(|_| {
+                    let (store, next, content) = (store.clone(), next.clone(), content.clone());
+                    tokio::spawn(async move {
+                        while next.fetch_add(1, Ordering::Relaxed) < appends {
+                            let stream = StreamId::new(TENANT, format!("token-{}", Uuid::new_v4()));
+                            let events = (0..batch)
+                                .map(|_| {
+                                    NewEvent::new(Uuid::new_v4(), "TokenIssued", content.0.clone(), content.1.clone())
+                                })
+                                .collect();
+                            let res = store
+                                .append(&stream, ExpectedRevision::NoStream, events)
+                                .await
+                                .expect("append");
+                            assert!(res.written);
+                        }
+                    })
                 })
-            })
-            .collect();
-        for w in writers {
-            w.await.expect("writer task");
-        }
+                .collect();
+            for w in writers {
+                w.await.expect("writer task");
+            }
+        })
     });
-    let elapsed = start.elapsed();
     let (writer, tasks) = (
         thread_time(WRITER_THREAD) - writer0,
         thread_time(TOKIO_THREADS) - tasks0,
@@ -339,8 +403,7 @@ fn run_store(rt: &Runtime, batch: usize, total: usize, payload: &Payload) -> Sto
     let groups = std::mem::take(&mut *log.0.lock().unwrap_or_else(|e| e.into_inner()));
     assert_eq!(groups.iter().sum::<usize>(), total, "every event committed once");
     StoreRun {
-        events: total,
-        elapsed,
+        run,
         groups,
         writer,
         tasks,
@@ -392,26 +455,26 @@ fn thread_time(prefix: &str) -> ThreadTime {
     sum
 }
 
-/// The limit: events/s of a bare `redb` loop inserting `total` copies of
-/// `record`, keyed 1.., into one table of a new database in a fresh temp dir,
-/// one durable transaction per `per_txn` inserts.
-fn timed_limit(per_txn: usize, total: usize, record: &[u8]) -> f64 {
+/// The limit: a bare `redb` loop inserting `total` copies of `record`,
+/// keyed 1.., into one table of a new database in a fresh temp dir, one
+/// durable transaction per `per_txn` inserts.
+fn one_table_loop(per_txn: usize, total: usize, record: &[u8]) -> Measured {
     let dir = temp_dir();
-    let db = new_limit_db(&dir.path().join("limit.redb"));
-    let start = Instant::now();
-    let mut key = 0u64;
-    while (key as usize) < total {
-        let n = per_txn.min(total - key as usize);
-        commit_inserts(&db, &mut key, n, Durability::Immediate, record);
-    }
-    total as f64 / start.elapsed().as_secs_f64()
+    let db = new_one_table_db(&dir.path().join("limit.redb"));
+    Measured::run(total, || {
+        let mut key = 0u64;
+        while (key as usize) < total {
+            let n = per_txn.min(total - key as usize);
+            commit_inserts(&db, &mut key, n, Durability::Immediate, record);
+        }
+    })
 }
 
 /// The median time of `commits` bare `redb` commits of `inserts` inserts
 /// each, at `durability`, into a new database in a fresh temp dir.
 fn commit_latency(inserts: usize, commits: usize, durability: Durability, record: &[u8]) -> Duration {
     let dir = temp_dir();
-    let db = new_limit_db(&dir.path().join("latency.redb"));
+    let db = new_one_table_db(&dir.path().join("latency.redb"));
     let mut key = 0u64;
     let mut times: Vec<Duration> = (0..commits)
         .map(|_| {
@@ -424,18 +487,19 @@ fn commit_latency(inserts: usize, commits: usize, durability: Durability, record
     times[times.len() / 2]
 }
 
-// The store's tables, as crates/store/src/embedded.rs declares them.
+// The store's tables, as crates/store/src/embedded.rs declares them. The
+// one-table loops use `EVENTS` alone.
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const STREAMS: TableDefinition<(&str, &str), u64> = TableDefinition::new("streams");
 const STREAM_INDEX: TableDefinition<(&str, &str, u64), u64> = TableDefinition::new("stream_index");
 const EVENT_IDS: TableDefinition<(&str, u128), (u64, [u8; 32])> = TableDefinition::new("event_ids");
 const TENANT_LOG: TableDefinition<(&str, u64), ()> = TableDefinition::new("tenant_log");
 
-/// Events/s of a bare `redb` loop doing the store's table work for `total`
-/// events: appends of `per_append` events to new streams, [`WRITERS`]
-/// appends per durable transaction; per append one `streams` lookup, per
-/// event one `event_ids` lookup and the five inserts of the store.
-fn schema_loop(per_append: usize, total: usize, record: &[u8]) -> f64 {
+/// A bare `redb` loop doing the store's table work for `total` events:
+/// appends of `per_append` events to new streams, [`WRITERS`] appends per
+/// transaction at `durability`; per append one `streams` lookup, per event one
+/// `event_ids` lookup and the store's five inserts.
+fn five_table_loop(per_append: usize, total: usize, durability: Durability, record: &[u8]) -> Measured {
     let dir = temp_dir();
     let db = Database::create(dir.path().join("schema.redb")).expect("create the schema database");
     {
@@ -447,45 +511,46 @@ fn schema_loop(per_append: usize, total: usize, record: &[u8]) -> f64 {
         txn.open_table(TENANT_LOG).expect("open table");
         txn.commit().expect("commit");
     }
-    let start = Instant::now();
-    let mut position = 0u64;
-    while (position as usize) < total {
-        let txn = db.begin_write().expect("begin");
-        {
-            let mut events = txn.open_table(EVENTS).expect("open table");
-            let mut streams = txn.open_table(STREAMS).expect("open table");
-            let mut stream_index = txn.open_table(STREAM_INDEX).expect("open table");
-            let mut event_ids = txn.open_table(EVENT_IDS).expect("open table");
-            let mut tenant_log = txn.open_table(TENANT_LOG).expect("open table");
-            for _ in 0..WRITERS {
-                if position as usize >= total {
-                    break;
-                }
-                let stream = format!("token-{}", Uuid::new_v4());
-                let s = stream.as_str();
-                assert!(streams.get((TENANT, s)).expect("get").is_none());
-                for revision in 0..per_append as u64 {
-                    position += 1;
-                    let id = Uuid::new_v4().as_u128();
-                    assert!(event_ids.get((TENANT, id)).expect("get").is_none());
-                    events.insert(position, record).expect("insert");
-                    streams.insert((TENANT, s), revision).expect("insert");
-                    stream_index.insert((TENANT, s, revision), position).expect("insert");
-                    event_ids.insert((TENANT, id), (position, [0u8; 32])).expect("insert");
-                    tenant_log.insert((TENANT, position), ()).expect("insert");
+    Measured::run(total, || {
+        let mut position = 0u64;
+        while (position as usize) < total {
+            let mut txn = db.begin_write().expect("begin");
+            txn.set_durability(durability).expect("durability");
+            {
+                let mut events = txn.open_table(EVENTS).expect("open table");
+                let mut streams = txn.open_table(STREAMS).expect("open table");
+                let mut stream_index = txn.open_table(STREAM_INDEX).expect("open table");
+                let mut event_ids = txn.open_table(EVENT_IDS).expect("open table");
+                let mut tenant_log = txn.open_table(TENANT_LOG).expect("open table");
+                for _ in 0..WRITERS {
+                    if position as usize >= total {
+                        break;
+                    }
+                    let stream = format!("token-{}", Uuid::new_v4());
+                    let s = stream.as_str();
+                    assert!(streams.get((TENANT, s)).expect("get").is_none());
+                    for revision in 0..per_append as u64 {
+                        position += 1;
+                        let id = Uuid::new_v4().as_u128();
+                        assert!(event_ids.get((TENANT, id)).expect("get").is_none());
+                        events.insert(position, record).expect("insert");
+                        streams.insert((TENANT, s), revision).expect("insert");
+                        stream_index.insert((TENANT, s, revision), position).expect("insert");
+                        event_ids.insert((TENANT, id), (position, [0u8; 32])).expect("insert");
+                        tenant_log.insert((TENANT, position), ()).expect("insert");
+                    }
                 }
             }
+            txn.commit().expect("commit");
         }
-        txn.commit().expect("commit");
-    }
-    total as f64 / start.elapsed().as_secs_f64()
+    })
 }
 
-/// A new database with the limit table already created (outside any timing).
-fn new_limit_db(path: &Path) -> Database {
+/// A new database with the `events` table already created (outside any timing).
+fn new_one_table_db(path: &Path) -> Database {
     let db = Database::create(path).expect("create the limit database");
     let txn = db.begin_write().expect("begin");
-    txn.open_table(LIMIT_TABLE).expect("open table");
+    txn.open_table(EVENTS).expect("open table");
     txn.commit().expect("commit");
     db
 }
@@ -495,7 +560,7 @@ fn commit_inserts(db: &Database, key: &mut u64, n: usize, durability: Durability
     let mut txn = db.begin_write().expect("begin");
     txn.set_durability(durability).expect("durability");
     {
-        let mut table = txn.open_table(LIMIT_TABLE).expect("open table");
+        let mut table = txn.open_table(EVENTS).expect("open table");
         for _ in 0..n {
             *key += 1;
             table.insert(*key, record).expect("insert");
@@ -509,31 +574,6 @@ fn temp_dir() -> tempfile::TempDir {
         .prefix("tokenledger-bench-")
         .tempdir()
         .expect("create a temp dir")
-}
-
-struct Row {
-    figure: String,
-    ours: f64,
-    limit: f64,
-    limit_is: String,
-    target: f64,
-}
-
-fn print_table(rows: &[Row]) {
-    println!("| figure | ours (events/s) | limit (events/s) | ratio ours/limit | target |");
-    println!("|---|---|---|---|---|");
-    for r in rows {
-        let met = if r.ours >= r.target { "met" } else { "MISSED" };
-        println!(
-            "| {} | {} | {} ({}) | {:.2} | >= {} ({met}) |",
-            r.figure,
-            fmt_rate(r.ours),
-            fmt_rate(r.limit),
-            r.limit_is,
-            r.ours / r.limit,
-            fmt_rate(r.target)
-        );
-    }
 }
 
 /// The machine: cores, CPU model, kernel, and the filesystem holding `dir`.
@@ -583,6 +623,14 @@ fn fmt_int(n: usize) -> String {
 
 fn fmt_rate(r: f64) -> String {
     fmt_int(r.round() as usize)
+}
+
+fn fmt_bytes(b: f64) -> String {
+    if b >= 10_000.0 {
+        format!("{:.1} KiB", b / 1024.0)
+    } else {
+        format!("{b:.0} B")
+    }
 }
 
 fn fmt_dur(d: Duration) -> String {

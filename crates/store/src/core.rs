@@ -28,8 +28,35 @@ pub(crate) trait LogTables {
     fn event_id(&mut self, tenant: &str, id: Uuid) -> Result<Option<IdEntry>, StoreError>;
     /// The event at a position (it must exist).
     fn event_at(&mut self, position: Position) -> Result<RecordedEvent, StoreError>;
-    /// Writes one event and its index entries.
-    fn insert(&mut self, event: &RecordedEvent, hash: ContentHash) -> Result<(), StoreError>;
+    /// Writes one event and its index entries. `parts` holds its content
+    /// hash and its `data` and `metadata` already encoded.
+    fn insert(&mut self, event: &RecordedEvent, parts: &Parts) -> Result<(), StoreError>;
+}
+
+/// What can be computed about an event before the writer sees it (in the
+/// appending task, off the writer's thread): its content hash and its
+/// `data` and `metadata` encoded as JSON.
+pub(crate) struct Parts {
+    pub hash: ContentHash,
+    pub data: Box<serde_json::value::RawValue>,
+    pub metadata: Box<serde_json::value::RawValue>,
+}
+
+/// Computes the [`Parts`] of each event.
+pub(crate) fn prepare(events: &[NewEvent]) -> Result<Vec<Parts>, AppendError> {
+    let raw = |v: &serde_json::Value| {
+        serde_json::value::to_raw_value(v).map_err(|e| AppendError::Storage(format!("cannot encode an event: {e}")))
+    };
+    events
+        .iter()
+        .map(|e| {
+            Ok(Parts {
+                hash: content_hash(e),
+                data: raw(&e.data)?,
+                metadata: raw(&e.metadata)?,
+            })
+        })
+        .collect()
 }
 
 /// The writer's running state: where the next event goes and the last
@@ -50,31 +77,33 @@ pub(crate) fn apply_append(
     guard: Option<&dyn crate::AppendGuard>,
     stream: &StreamId,
     expected: ExpectedRevision,
-    events: &[NewEvent],
+    events: Vec<NewEvent>,
+    parts: &[Parts],
 ) -> Result<(AppendResult, Vec<RecordedEvent>), AppendError> {
     if events.is_empty() {
         return Err(AppendError::Empty);
     }
+    debug_assert_eq!(events.len(), parts.len());
     let mut seen = HashSet::with_capacity(events.len());
-    for e in events {
+    for e in &events {
         if !seen.insert(e.event_id) {
             return Err(AppendError::DuplicateEventId { event_id: e.event_id });
         }
     }
-    let hashes: Vec<ContentHash> = events.iter().map(content_hash).collect();
+    let hashes: Vec<ContentHash> = parts.iter().map(|p| p.hash).collect();
 
     // Idempotency first: a retry of a committed append succeeds whatever the
     // expected revision now says.
     let mut known = Vec::with_capacity(events.len());
-    for e in events {
+    for e in &events {
         known.push(tables.event_id(&stream.tenant, e.event_id)?);
     }
     if known.iter().any(Option::is_some) {
-        return replay_result(tables, stream, events, &hashes, &known).map(|r| (r, Vec::new()));
+        return replay_result(tables, stream, &events, &hashes, &known).map(|r| (r, Vec::new()));
     }
 
     if let Some(g) = guard {
-        g.check(stream, events).map_err(AppendError::Rejected)?;
+        g.check(stream, &events).map_err(AppendError::Rejected)?;
     }
 
     let actual = tables.stream_revision(stream)?;
@@ -93,21 +122,21 @@ pub(crate) fn apply_append(
     let mut position = cursor.next_position;
     let mut recorded = Vec::with_capacity(events.len());
     let mut appended = Vec::with_capacity(events.len());
-    for (e, hash) in events.iter().zip(&hashes) {
+    for (e, part) in events.into_iter().zip(parts) {
         let rec = RecordedEvent {
             event_id: e.event_id,
-            event_type: e.event_type.clone(),
+            event_type: e.event_type,
             tenant: stream.tenant.clone(),
             stream: stream.name.clone(),
             revision,
             position,
             recorded_at,
-            data: e.data.clone(),
-            metadata: e.metadata.clone(),
+            data: e.data,
+            metadata: e.metadata,
         };
-        tables.insert(&rec, *hash)?;
+        tables.insert(&rec, part)?;
         appended.push(AppendedEvent {
-            event_id: e.event_id,
+            event_id: rec.event_id,
             revision,
             position,
         });
@@ -164,41 +193,57 @@ fn replay_result(
     })
 }
 
-/// SHA-256 over the event type, data and metadata in canonical JSON.
+/// SHA-256 over the event type, data and metadata in canonical JSON
+/// (object keys sorted), without building intermediate strings.
 pub(crate) fn content_hash(e: &NewEvent) -> ContentHash {
-    let mut h = Sha256::new();
-    h.update(e.event_type.as_bytes());
-    h.update([0]);
+    let mut h = HashWriter(Sha256::new());
+    h.0.update(e.event_type.as_bytes());
+    h.0.update([0]);
     canonical(&e.data, &mut h);
-    h.update([0]);
+    h.0.update([0]);
     canonical(&e.metadata, &mut h);
-    h.finalize().into()
+    h.0.finalize().into()
 }
 
-fn canonical(v: &serde_json::Value, h: &mut Sha256) {
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn canonical(v: &serde_json::Value, h: &mut HashWriter) {
     use serde_json::Value;
     match v {
         Value::Object(m) => {
             let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort();
-            h.update(b"{");
+            keys.sort_unstable();
+            h.0.update(b"{");
             for k in keys {
-                canonical(&Value::String(k.clone()), h);
-                h.update(b":");
+                // Writing into a hasher cannot fail.
+                let _ = serde_json::to_writer(&mut *h, k);
+                h.0.update(b":");
                 canonical(&m[k], h);
-                h.update(b",");
+                h.0.update(b",");
             }
-            h.update(b"}");
+            h.0.update(b"}");
         }
         Value::Array(a) => {
-            h.update(b"[");
+            h.0.update(b"[");
             for x in a {
                 canonical(x, h);
-                h.update(b",");
+                h.0.update(b",");
             }
-            h.update(b"]");
+            h.0.update(b"]");
         }
-        other => h.update(other.to_string().as_bytes()),
+        other => {
+            let _ = serde_json::to_writer(&mut *h, other);
+        }
     }
 }
 

@@ -10,13 +10,12 @@
 //!
 //! Tables:
 //! * `events`: position → the [`RecordedEvent`] as JSON;
-//! * `streams`: (tenant, stream) → last revision;
 //! * `stream_index`: (tenant, stream, revision) → position;
 //! * `event_ids`: (tenant, event id) → (position, content hash), the
 //!   idempotency index, which survives restarts;
 //! * `tenant_log`: (tenant, position) → (), for reading one tenant's `$all`.
 
-use crate::core::{ContentHash, Cursor, IdEntry, LogTables, apply_append};
+use crate::core::{Cursor, IdEntry, LogTables, Parts, apply_append, prepare};
 use crate::subscription::{Hub, Subscription};
 use crate::types::*;
 use crate::{CommitHook, EventStore};
@@ -29,7 +28,6 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
-const STREAMS: TableDefinition<(&str, &str), u64> = TableDefinition::new("streams");
 const STREAM_INDEX: TableDefinition<(&str, &str, u64), u64> = TableDefinition::new("stream_index");
 const EVENT_IDS: TableDefinition<(&str, u128), (u64, [u8; 32])> = TableDefinition::new("event_ids");
 const TENANT_LOG: TableDefinition<(&str, u64), ()> = TableDefinition::new("tenant_log");
@@ -63,6 +61,7 @@ struct Request {
     stream: StreamId,
     expected: ExpectedRevision,
     events: Vec<NewEvent>,
+    parts: Vec<Parts>,
     reply: oneshot::Sender<Result<AppendResult, AppendError>>,
 }
 
@@ -102,7 +101,6 @@ impl RedbStore {
         {
             let txn = db.begin_write().map_err(storage)?;
             txn.open_table(EVENTS).map_err(storage)?;
-            txn.open_table(STREAMS).map_err(storage)?;
             txn.open_table(STREAM_INDEX).map_err(storage)?;
             txn.open_table(EVENT_IDS).map_err(storage)?;
             txn.open_table(TENANT_LOG).map_err(storage)?;
@@ -231,18 +229,24 @@ impl Writer {
         }
     }
 
-    fn commit_group(&mut self, group: Vec<Request>, guard: Option<&dyn crate::AppendGuard>) {
+    fn commit_group(&mut self, mut group: Vec<Request>, guard: Option<&dyn crate::AppendGuard>) {
         let before = self.cursor;
-        match self.write_group(&group, guard) {
+        match self.write_group(&mut group, guard) {
             Ok(outcomes) => {
-                let committed: Vec<Arc<RecordedEvent>> = outcomes
-                    .iter()
-                    .filter_map(|o| o.as_ref().ok())
-                    .flat_map(|(_, recs)| recs.iter().cloned().map(Arc::new))
-                    .collect();
-                self.hub.publish(&committed);
+                let mut committed: Vec<Arc<RecordedEvent>> = Vec::new();
+                let mut replies = Vec::with_capacity(group.len());
                 for (req, outcome) in group.into_iter().zip(outcomes) {
-                    let _ = req.reply.send(outcome.map(|(r, _)| r));
+                    replies.push((
+                        req.reply,
+                        outcome.map(|(r, recs)| {
+                            committed.extend(recs.into_iter().map(Arc::new));
+                            r
+                        }),
+                    ));
+                }
+                self.hub.publish(&committed);
+                for (reply, outcome) in replies {
+                    let _ = reply.send(outcome);
                 }
             }
             Err(e) => {
@@ -260,7 +264,7 @@ impl Writer {
     #[allow(clippy::type_complexity)]
     fn write_group(
         &mut self,
-        group: &[Request],
+        group: &mut [Request],
         guard: Option<&dyn crate::AppendGuard>,
     ) -> Result<Vec<Result<(AppendResult, Vec<RecordedEvent>), AppendError>>, StoreError> {
         let txn = self.db.begin_write().map_err(storage)?;
@@ -268,13 +272,12 @@ impl Writer {
         {
             let mut tables = TxnTables {
                 events: txn.open_table(EVENTS).map_err(storage)?,
-                streams: txn.open_table(STREAMS).map_err(storage)?,
                 stream_index: txn.open_table(STREAM_INDEX).map_err(storage)?,
                 event_ids: txn.open_table(EVENT_IDS).map_err(storage)?,
                 tenant_log: txn.open_table(TENANT_LOG).map_err(storage)?,
             };
             let now = self.clock.now();
-            for req in group {
+            for req in group.iter_mut() {
                 let outcome = apply_append(
                     &mut tables,
                     &mut self.cursor,
@@ -282,7 +285,8 @@ impl Writer {
                     guard,
                     &req.stream,
                     req.expected,
-                    &req.events,
+                    std::mem::take(&mut req.events),
+                    &req.parts,
                 );
                 if let Err(AppendError::Storage(e)) = outcome {
                     return Err(StoreError::Storage(e));
@@ -299,9 +303,23 @@ impl Writer {
     }
 }
 
+/// The stored form of a [`RecordedEvent`], with `data` and `metadata`
+/// encoded before the writer saw them.
+#[derive(serde::Serialize)]
+struct RecordOut<'a> {
+    event_id: Uuid,
+    event_type: &'a str,
+    tenant: &'a str,
+    stream: &'a str,
+    revision: u64,
+    position: Position,
+    recorded_at: chrono::DateTime<chrono::Utc>,
+    data: &'a serde_json::value::RawValue,
+    metadata: &'a serde_json::value::RawValue,
+}
+
 struct TxnTables<'t> {
     events: Table<'t, u64, &'static [u8]>,
-    streams: Table<'t, (&'static str, &'static str), u64>,
     stream_index: Table<'t, (&'static str, &'static str, u64), u64>,
     event_ids: Table<'t, (&'static str, u128), (u64, [u8; 32])>,
     tenant_log: Table<'t, (&'static str, u64), ()>,
@@ -309,11 +327,15 @@ struct TxnTables<'t> {
 
 impl LogTables for TxnTables<'_> {
     fn stream_revision(&mut self, stream: &StreamId) -> Result<Option<u64>, StoreError> {
-        Ok(self
-            .streams
-            .get((stream.tenant.as_str(), stream.name.as_str()))
+        let (t, s) = (stream.tenant.as_str(), stream.name.as_str());
+        let last = self
+            .stream_index
+            .range((t, s, 0)..=(t, s, u64::MAX))
             .map_err(storage)?
-            .map(|g| g.value()))
+            .next_back()
+            .transpose()
+            .map_err(storage)?;
+        Ok(last.map(|(k, _)| k.value().2))
     }
 
     fn event_id(&mut self, tenant: &str, id: Uuid) -> Result<Option<IdEntry>, StoreError> {
@@ -335,16 +357,26 @@ impl LogTables for TxnTables<'_> {
         decode(g.value())
     }
 
-    fn insert(&mut self, e: &RecordedEvent, hash: ContentHash) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(e).map_err(storage)?;
+    fn insert(&mut self, e: &RecordedEvent, parts: &Parts) -> Result<(), StoreError> {
+        let record = RecordOut {
+            event_id: e.event_id,
+            event_type: &e.event_type,
+            tenant: &e.tenant,
+            stream: &e.stream,
+            revision: e.revision,
+            position: e.position,
+            recorded_at: e.recorded_at,
+            data: &parts.data,
+            metadata: &parts.metadata,
+        };
+        let bytes = serde_json::to_vec(&record).map_err(storage)?;
         let (t, s) = (e.tenant.as_str(), e.stream.as_str());
         self.events.insert(e.position.0, bytes.as_slice()).map_err(storage)?;
-        self.streams.insert((t, s), e.revision).map_err(storage)?;
         self.stream_index
             .insert((t, s, e.revision), e.position.0)
             .map_err(storage)?;
         self.event_ids
-            .insert((t, e.event_id.as_u128()), (e.position.0, hash))
+            .insert((t, e.event_id.as_u128()), (e.position.0, parts.hash))
             .map_err(storage)?;
         self.tenant_log.insert((t, e.position.0), ()).map_err(storage)?;
         Ok(())
@@ -362,11 +394,15 @@ impl EventStore for RedbStore {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(AppendError::Closed);
         }
+        // Hashing and encoding happen here, in the appending task, so the
+        // single writer thread does only what must be serialized.
+        let parts = prepare(&events)?;
         let (reply, answer) = oneshot::channel();
         let req = Request {
             stream: stream.clone(),
             expected,
             events,
+            parts,
             reply,
         };
         self.inner
@@ -384,12 +420,16 @@ impl EventStore for RedbStore {
         limit: usize,
     ) -> Result<Option<Vec<Arc<RecordedEvent>>>, StoreError> {
         let txn = self.read_txn()?;
-        let streams = txn.open_table(STREAMS).map_err(storage)?;
         let (t, s) = (stream.tenant.as_str(), stream.name.as_str());
-        if streams.get((t, s)).map_err(storage)?.is_none() {
+        let index = txn.open_table(STREAM_INDEX).map_err(storage)?;
+        if index
+            .range((t, s, 0)..=(t, s, u64::MAX))
+            .map_err(storage)?
+            .next()
+            .is_none()
+        {
             return Ok(None);
         }
-        let index = txn.open_table(STREAM_INDEX).map_err(storage)?;
         let events = txn.open_table(EVENTS).map_err(storage)?;
         let mut out = Vec::new();
         for item in index

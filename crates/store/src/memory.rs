@@ -1,7 +1,7 @@
 //! The in-memory backend: for tests, and the model the durable backends are
 //! checked against in property tests. Nothing survives the process.
 
-use crate::core::{ContentHash, Cursor, IdEntry, LogTables, apply_append};
+use crate::core::{Cursor, IdEntry, LogTables, Parts, apply_append, prepare};
 use crate::subscription::{Hub, Subscription};
 use crate::types::*;
 use crate::{CommitHook, EventStore};
@@ -48,7 +48,8 @@ impl LogTables for State {
             .ok_or_else(|| StoreError::Storage(format!("no event at position {position}")))
     }
 
-    fn insert(&mut self, e: &RecordedEvent, hash: ContentHash) -> Result<(), StoreError> {
+    fn insert(&mut self, e: &RecordedEvent, parts: &Parts) -> Result<(), StoreError> {
+        let hash = parts.hash;
         debug_assert_eq!(e.position.0, self.events.len() as u64 + 1);
         self.streams
             .entry(StreamId::new(e.tenant.clone(), e.stream.clone()))
@@ -122,6 +123,7 @@ impl EventStore for MemoryStore {
         expected: ExpectedRevision,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, AppendError> {
+        let parts = prepare(&events)?;
         let mut state = self.lock();
         if state.closed {
             return Err(AppendError::Closed);
@@ -136,7 +138,8 @@ impl EventStore for MemoryStore {
             guard.as_deref(),
             stream,
             expected,
-            &events,
+            events,
+            &parts,
         )?;
         let start = state.events.len() - recorded.len();
         // Published under the lock so hooks and subscribers see position order.
