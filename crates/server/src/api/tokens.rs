@@ -40,6 +40,17 @@ pub struct MintBody {
     pub context: Option<RequestContext>,
 }
 
+/// Checks the free-text fields of a request context (422).
+pub(crate) fn check_context(c: Option<&RequestContext>) -> Result<(), ApiError> {
+    let Some(c) = c else { return Ok(()) };
+    for (f, v) in [("context.ip", &c.ip), ("context.device_id", &c.device_id), ("context.user_agent", &c.user_agent)] {
+        if let Some(v) = v {
+            check_text(f, v).map_err(|e| ApiError::unprocessable("invalid-identifier", e.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Checks identifiers of a grant (422).
 pub(crate) fn check_grant_names(subject: &str, audience: &str, scope: &str) -> Result<(), ApiError> {
     check_identifier("subject", subject)
@@ -49,7 +60,9 @@ pub(crate) fn check_grant_names(subject: &str, audience: &str, scope: &str) -> R
 }
 
 /// Applies the client's policy (and the server's longest lifetime) to a
-/// grant; a refusal is recorded as `GrantRefused` and returned.
+/// grant — minted here, or an issuer's own `TokenIssued` append
+/// ([`GrantPath::Append`], which must be format `external`); a refusal is
+/// recorded as `GrantRefused` and returned.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn police_grant(
     st: &AppState,
@@ -63,7 +76,17 @@ pub(crate) async fn police_grant(
     format: TokenFormat,
 ) -> Result<(), Refusal> {
     let policy = st.registry.read().policy(tenant, client);
-    let mut result = check_grant(policy.as_deref(), client, audience, scope, ttl, format);
+    let mut result = if path == GrantPath::Append && format != TokenFormat::External {
+        Err(Refusal {
+            reason: RefusalReason::Format,
+            detail: format!(
+                "format {:?} is minted only by tokenledger; an issuer's own TokenIssued uses format \"external\"",
+                format.as_str()
+            ),
+        })
+    } else {
+        check_grant(policy.as_deref(), client, audience, scope, ttl, format)
+    };
     if result.is_ok() && ttl as u64 > st.settings.max_token_ttl_seconds {
         result = Err(Refusal {
             reason: RefusalReason::Ttl,
@@ -125,17 +148,7 @@ pub async fn mint(
     let tenant = caller.tenant()?.to_owned();
     let req: MintBody = body.parse().await?;
     check_grant_names(&req.subject, &req.audience, &req.scope)?;
-    if let Some(c) = &req.context {
-        for (f, v) in [
-            ("context.ip", &c.ip),
-            ("context.device_id", &c.device_id),
-            ("context.user_agent", &c.user_agent),
-        ] {
-            if let Some(v) = v {
-                check_text(f, v).map_err(|e| ApiError::unprocessable("invalid-identifier", e.to_string()))?;
-            }
-        }
-    }
+    check_context(req.context.as_ref())?;
     if !matches!(req.format, TokenFormat::V4Public | TokenFormat::V4Local) {
         return Err(ApiError::unprocessable(
             "invalid-format",
@@ -354,17 +367,7 @@ pub async fn verify_token(State(st): State<AppState>, caller: Caller, body: Json
     let req: VerifyBody = body.parse().await?;
     check_identifier("audience", &req.audience)
         .map_err(|e| ApiError::unprocessable("invalid-identifier", e.to_string()))?;
-    if let Some(c) = &req.context {
-        for (f, v) in [
-            ("context.ip", &c.ip),
-            ("context.device_id", &c.device_id),
-            ("context.user_agent", &c.user_agent),
-        ] {
-            if let Some(v) = v {
-                check_text(f, v).map_err(|e| ApiError::unprocessable("invalid-identifier", e.to_string()))?;
-            }
-        }
-    }
+    check_context(req.context.as_ref())?;
     let scopes: Vec<String> = req
         .scopes
         .unwrap_or_default()
