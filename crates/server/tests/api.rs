@@ -13,6 +13,10 @@ mod append;
 mod authz;
 #[path = "api/clients.rs"]
 mod clients;
+#[path = "api/external.rs"]
+mod external;
+#[path = "api/oauth.rs"]
+mod oauth;
 #[path = "api/ops.rs"]
 mod ops;
 #[path = "api/principals.rs"]
@@ -23,5 +27,7 @@ mod reads;
 mod schedule;
 #[path = "api/tenancy.rs"]
 mod tenancy;
+#[path = "api/tokens.rs"]
+mod tokens;
 #[path = "api/validation.rs"]
 mod validation;

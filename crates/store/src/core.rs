@@ -70,6 +70,7 @@ pub(crate) struct Cursor {
 /// Decides and performs one append against `tables`. On `Err` nothing was
 /// inserted, except for [`AppendError::Storage`], after which the caller must
 /// abort the whole transaction.
+#[allow(clippy::too_many_arguments)] // the writer's state, then one request's parts
 pub(crate) fn apply_append(
     tables: &mut impl LogTables,
     cursor: &mut Cursor,

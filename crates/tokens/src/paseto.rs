@@ -56,7 +56,9 @@ pub struct TokenClaims {
 }
 
 impl TokenClaims {
-    /// Claims valid from `iat` until `exp`.
+    /// Claims valid from `iat` until `exp`, both cut to whole seconds (token
+    /// times are whole seconds; [`open`] refuses a fractional one as
+    /// malformed).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         iss: &str,
@@ -68,6 +70,9 @@ impl TokenClaims {
         iat: DateTime<Utc>,
         exp: DateTime<Utc>,
     ) -> Self {
+        use chrono::Timelike;
+        let whole = |t: DateTime<Utc>| t.with_nanosecond(0).unwrap_or(t);
+        let (iat, exp) = (whole(iat), whole(exp));
         Self {
             iss: iss.into(),
             sub: sub.into(),
@@ -93,13 +98,20 @@ mod rfc3339 {
         s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
     }
 
-    /// Strictly a string in RFC 3339 form (a number, or a time chrono can
-    /// not represent, is refused).
+    /// Strictly a string in RFC 3339 form with whole seconds (a number, a
+    /// fractional or leap second, or a time chrono can not represent, is
+    /// refused: every time we mint is whole seconds, and a fraction would
+    /// let a lifetime exceed a whole-second limit unnoticed).
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        use chrono::Timelike;
         let s = String::deserialize(d)?;
-        DateTime::parse_from_rfc3339(&s)
+        let t = DateTime::parse_from_rfc3339(&s)
             .map(|t| t.with_timezone(&Utc))
-            .map_err(serde::de::Error::custom)
+            .map_err(serde::de::Error::custom)?;
+        if t.nanosecond() != 0 {
+            return Err(serde::de::Error::custom("a time with a fraction of a second"));
+        }
+        Ok(t)
     }
 }
 
@@ -314,6 +326,15 @@ mod tests {
         };
         let mut v = serde_json::to_value(claims()).unwrap();
         v["exp"] = serde_json::json!(1_900_000_000);
+        let tok = PublicToken::sign(
+            &sk,
+            &serde_json::to_vec(&v).unwrap(),
+            Some(format!(r#"{{"kid":"{}"}}"#, k.kid).as_bytes()),
+            None,
+        )
+        .unwrap();
+        assert_eq!(open(&tok, &k.verifying_key().unwrap()), Err(OpenError::Malformed));
+        v["exp"] = serde_json::json!("2026-03-04T05:11:07.5Z");
         let tok = PublicToken::sign(
             &sk,
             &serde_json::to_vec(&v).unwrap(),

@@ -3,11 +3,15 @@
 //! [`Caller`](crate::auth::Caller) and checks its role and tenant.
 
 mod clients;
+mod issuers;
 mod keys;
+mod oauth;
 mod ops;
 mod principals;
+mod revocations;
 mod streams;
 mod tokens;
+mod uses;
 
 pub use streams::{AppendBody, EventIn, MetadataIn, ReadQuery, append_error};
 
@@ -43,9 +47,23 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/keys", get(keys::list))
         .route("/v1/keys/rotate", post(keys::rotate))
         .route("/v1/keys/{kid}/revoke", post(keys::revoke))
+        .route("/v1/revocations", post(revocations::revoke))
+        .route("/v1/uses", post(uses::report))
+        .route("/v1/issuers/{name}", put(issuers::trust))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_ready));
     Router::new()
         .merge(gated)
+        // The OAuth endpoints check readiness themselves, so that even a 503
+        // or a 405 answers in the RFCs' shape rather than problem+json.
+        .route("/oauth2/token", post(oauth::token).fallback(oauth::method_not_allowed))
+        .route(
+            "/oauth2/introspect",
+            post(oauth::introspect).fallback(oauth::method_not_allowed),
+        )
+        .route(
+            "/oauth2/revoke",
+            post(oauth::revoke).fallback(oauth::method_not_allowed),
+        )
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

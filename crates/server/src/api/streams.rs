@@ -19,11 +19,8 @@ use axum::http::{StatusCode, Uri};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokenledger_domain::events::{
-    CURRENT_SCHEMA_VERSION, GrantPath, GrantRefused, Metadata, TokenFormat, TokenIssued, TokenRevoked,
-};
+use tokenledger_domain::events::{CURRENT_SCHEMA_VERSION, GrantPath, Metadata, TokenIssued, TokenRevoked};
 use tokenledger_domain::ids::{TOKEN_STREAM_PREFIX, check_identifier, check_stream_name};
-use tokenledger_domain::policy::{check_grant, grant_request};
 use tokenledger_domain::{DomainEvent, EventType};
 use tokenledger_store::{AppendError, AppendResult, ExpectedRevision, NewEvent, Position, StreamId};
 use uuid::Uuid;
@@ -417,42 +414,24 @@ async fn token_owner(st: &AppState, sid: &StreamId) -> Result<Option<String>, Ap
     }))
 }
 
-/// An external issuer's `TokenIssued` must be format `external` and within
-/// its client policy; a refusal is recorded as `GrantRefused`.
+/// An external issuer's `TokenIssued` goes through the same checks as our
+/// mint path (format `external`, the client policy, the server's longest
+/// lifetime); a refusal is recorded as `GrantRefused`.
 async fn check_policy(st: &AppState, tenant: &str, client: &str, t: &TokenIssued) -> Result<(), ApiError> {
     let ttl = (t.expires_at - t.issued_at).num_seconds();
-    let policy = st.registry.read().policy(tenant, client);
-    let refusal = if t.format != TokenFormat::External {
-        Some(tokenledger_domain::policy::Refusal {
-            reason: tokenledger_domain::events::RefusalReason::Format,
-            detail: format!(
-                "format {:?} is minted only by tokenledger; an issuer's own TokenIssued uses format \"external\"",
-                t.format.as_str()
-            ),
-        })
-    } else {
-        check_grant(policy.as_deref(), client, &t.audience, &t.scope, ttl, t.format).err()
-    };
-    let Some(refusal) = refusal else { return Ok(()) };
-    let record = GrantRefused {
-        path: GrantPath::Append,
-        client_id: client.to_owned(),
-        subject: Some(t.subject.clone()),
-        requested: grant_request(&t.audience, &t.scope, ttl, t.format),
-        reason: refusal.reason,
-        detail: refusal.detail.clone(),
-        cutoff_id: None,
-    };
-    super::record_server_event(
+    super::tokens::police_grant(
         st,
         tenant,
         client,
-        &format!("refusals-{client}"),
-        DomainEvent::GrantRefused(record),
+        GrantPath::Append,
+        &t.subject,
+        &t.audience,
+        &t.scope,
+        ttl,
+        t.format,
     )
-    .await?;
-    Err(ApiError::forbidden("grant-refused", refusal.detail)
-        .with("reason", serde_json::to_value(refusal.reason).unwrap_or_default()))
+    .await
+    .map_err(super::tokens::refused)
 }
 
 /// Query of the read endpoints.

@@ -43,7 +43,11 @@ pub struct MintBody {
 /// Checks the free-text fields of a request context (422).
 pub(crate) fn check_context(c: Option<&RequestContext>) -> Result<(), ApiError> {
     let Some(c) = c else { return Ok(()) };
-    for (f, v) in [("context.ip", &c.ip), ("context.device_id", &c.device_id), ("context.user_agent", &c.user_agent)] {
+    for (f, v) in [
+        ("context.ip", &c.ip),
+        ("context.device_id", &c.device_id),
+        ("context.user_agent", &c.user_agent),
+    ] {
         if let Some(v) = v {
             check_text(f, v).map_err(|e| ApiError::unprocessable("invalid-identifier", e.to_string()))?;
         }

@@ -21,7 +21,12 @@ async fn key_states(app: &TestApp, token: &str) -> Vec<(String, String)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|k| (k["kid"].as_str().unwrap().to_owned(), k["state"].as_str().unwrap().to_owned()))
+        .map(|k| {
+            (
+                k["kid"].as_str().unwrap().to_owned(),
+                k["state"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect()
 }
 
@@ -56,7 +61,11 @@ async fn the_next_key_is_published_ahead_then_activated_and_the_old_one_still_ve
     let k2 = states.iter().find(|(k, _)| *k != k1).unwrap().0.clone();
     assert!(states.contains(&(k1.clone(), "active".into())) && states.contains(&(k2.clone(), "pending".into())));
     tick().await;
-    assert_eq!(key_states(&app, &gw).await.len(), 2, "a second tick publishes nothing more");
+    assert_eq!(
+        key_states(&app, &gw).await.len(),
+        2,
+        "a second tick publishes nothing more"
+    );
     app.clock.set(t0() + chrono::Duration::seconds(86_401 + 3_599));
     let before = mint(&app, &iss).await;
     assert_eq!(before["kid"], k1.as_str(), "a pending key signs nothing");

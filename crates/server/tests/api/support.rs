@@ -315,3 +315,167 @@ pub fn events(body: &Value) -> &Vec<Value> {
         .as_array()
         .unwrap_or_else(|| panic!("no events in {body}"))
 }
+
+// ---------------------------------------------------------------------------
+// Tokens: minting, verifying and external issuers (tests/api/tokens.rs,
+// tests/api/external.rs).
+
+/// What a minting client may ask for: `api://orders` with `orders:read` and
+/// `orders:write`, at most an hour, formats `v4.public` and `v4.local`.
+pub fn mint_policy() -> Value {
+    json!({
+        "audiences": {"api://orders": {"scopes": ["orders:read", "orders:write"], "max_ttl_seconds": 3600}},
+        "formats": ["v4.public", "v4.local"],
+    })
+}
+
+/// A mint request of `subject` for `api://orders`.
+pub fn mint_request(subject: &str, scope: &str, ttl_seconds: i64, format: &str) -> Value {
+    json!({"subject": subject, "audience": "api://orders", "scope": scope,
+           "ttl_seconds": ttl_seconds, "format": format})
+}
+
+/// An issuer of ours, minting under an external party's trust: a key pair
+/// of its own, trusted with `PUT /v1/issuers/{name}`, and an issuer
+/// principal of the same name that records its tokens write-ahead.
+pub struct ExternalIssuer {
+    /// Its name: the principal, the `iss` and the `client_id` of its tokens.
+    pub name: String,
+    /// Its tenant.
+    pub tenant: String,
+    /// The principal's credential.
+    pub secret: String,
+    /// Its signing key.
+    pub key: tokenledger_tokens::keys::GeneratedKey,
+}
+
+impl TestApp {
+    /// An issuer principal of `tenant` with [`mint_policy`]; returns its secret.
+    pub async fn minter(&self, name: &str, tenant: &str) -> String {
+        let secret = self.principal(name, "issuer", tenant).await;
+        self.policy(tenant, name, mint_policy()).await;
+        secret
+    }
+
+    /// `POST /v1/tokens` as `issuer`.
+    pub async fn mint(&self, issuer: &str, body: Value) -> Answer {
+        self.call("POST", "/v1/tokens", Some(issuer), Some(body)).await
+    }
+
+    /// Mints `mint_request(subject, "orders:read", 300, "v4.public")`,
+    /// expecting 201; returns the answer's body.
+    pub async fn mint_ok(&self, issuer: &str, subject: &str) -> Value {
+        let (st, _, b) = self
+            .mint(issuer, mint_request(subject, "orders:read", 300, "v4.public"))
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "mint for {subject}: {b}");
+        b
+    }
+
+    /// `POST /v1/tokens/verify` as `validator`, expecting 200; the body.
+    pub async fn verify(&self, validator: &str, token: &str, audience: &str) -> Value {
+        let (st, _, b) = self
+            .call(
+                "POST",
+                "/v1/tokens/verify",
+                Some(validator),
+                Some(json!({"token": token, "audience": audience})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "verify: {b}");
+        b
+    }
+
+    /// The `data` of every event of `event_type` in `tenant`, in order.
+    pub async fn data_of(&self, tenant: &str, event_type: &str) -> Vec<Value> {
+        self.log(tenant)
+            .await
+            .iter()
+            .filter(|e| e.event_type == event_type)
+            .map(|e| e.data.clone())
+            .collect()
+    }
+
+    /// An [`ExternalIssuer`] named `name` in `tenant` with [`default_policy`],
+    /// trusted with one fresh key and `max_ttl_seconds`.
+    pub async fn trusted_issuer(&self, name: &str, tenant: &str, max_ttl_seconds: u64) -> ExternalIssuer {
+        use tokenledger_domain::events::KeyPurpose;
+        let secret = self.issuer(name, tenant).await;
+        let key = tokenledger_tokens::keys::generate(KeyPurpose::Public).unwrap();
+        let admin = self.admin(tenant).await;
+        let (st, _, b) = self
+            .call(
+                "PUT",
+                &format!("/v1/issuers/{name}"),
+                Some(&admin),
+                Some(json!({"keys": [key.public_key], "max_ttl_seconds": max_ttl_seconds})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "trusting {name}: {b}");
+        assert_eq!(b["kids"], json!([key.kid]), "{b}");
+        ExternalIssuer {
+            name: name.to_owned(),
+            tenant: tenant.to_owned(),
+            secret,
+            key,
+        }
+    }
+}
+
+impl ExternalIssuer {
+    /// The claims of the issuance [`issued_at`] records for `jti` at `now`:
+    /// alice, `api://orders`, `orders:read`, valid for five minutes.
+    pub fn claims(&self, jti: &str, now: DateTime<Utc>) -> tokenledger_tokens::paseto::TokenClaims {
+        tokenledger_tokens::paseto::TokenClaims::new(
+            &self.name,
+            "alice",
+            "api://orders",
+            jti,
+            "orders:read",
+            &self.name,
+            now,
+            now + chrono::Duration::seconds(300),
+        )
+    }
+
+    /// Signs `claims` with the issuer's key, footer `{"kid": <its k4.pid>}`.
+    pub fn sign(&self, claims: &tokenledger_tokens::paseto::TokenClaims) -> String {
+        tokenledger_tokens::paseto::mint(&self.key.signing_key().unwrap(), &self.key.kid, claims).unwrap()
+    }
+
+    /// Signs any payload with the issuer's key and any footer.
+    pub fn sign_raw(&self, payload: &Value, footer: Option<&str>) -> String {
+        let tokenledger_tokens::keys::SigningKey::Public(sk) = self.key.signing_key().unwrap() else {
+            unreachable!("a public key")
+        };
+        pasetors::version4::PublicToken::sign(
+            &sk,
+            &serde_json::to_vec(payload).unwrap(),
+            footer.map(str::as_bytes),
+            None,
+        )
+        .unwrap()
+    }
+
+    /// The footer of a token signed with this issuer's kid.
+    pub fn footer(&self) -> String {
+        json!({"kid": self.key.kid}).to_string()
+    }
+
+    /// Records `issuance` (a `TokenIssued` event) as this issuer, expecting 201.
+    pub async fn record(&self, app: &TestApp, jti: &str, issuance: Value) {
+        let (st, _, b) = app
+            .append(&stream(jti), &self.secret, json!("no_stream"), vec![issuance])
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "recording {jti} as {}: {b}", self.name);
+    }
+
+    /// Records the default issuance of `jti` at the writer's clock and
+    /// returns the matching signed token.
+    pub async fn issue(&self, app: &TestApp, jti: &str) -> String {
+        let now = app.now();
+        self.record(app, jti, issued_at(jti, &self.tenant, &self.name, now))
+            .await;
+        self.sign(&self.claims(jti, now))
+    }
+}
