@@ -136,20 +136,33 @@ pub async fn report(
             .map_err(|e| unprocessable(i, "invalid-identifier", e))?;
         events.push(used);
     }
-    let n = events.len();
-    let r = super::append_batch(
-        &st,
-        &tenant,
-        &caller.name,
-        &format!("uses-{}", caller.name),
-        ExpectedRevision::Any,
-        events,
-    )
-    .await?;
+    // Each use's event id is derived from its content, so a retried report
+    // is recorded once (the store answers it from its idempotency index)
+    // and an identical use repeated inside one report counts once.
+    let mut batch = Vec::with_capacity(events.len());
+    let mut seen = std::collections::HashSet::new();
+    for ev in &events {
+        let mut e = super::server_event(&tenant, &caller.name, ev)?;
+        let key = format!("tokenledger/use\0{tenant}\0{}\0{}", caller.name, e.data);
+        e.event_id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, key.as_bytes());
+        if seen.insert(e.event_id) {
+            batch.push(e);
+        }
+    }
+    let n = batch.len();
+    let duplicates = events.len() - n;
+    let sid = tokenledger_store::StreamId::new(tenant.clone(), format!("uses-{}", caller.name));
+    let r = st
+        .store
+        .append(&sid, ExpectedRevision::Any, batch)
+        .await
+        .map_err(super::append_error)?;
+    let status = if r.written { StatusCode::CREATED } else { StatusCode::OK };
     Ok((
-        StatusCode::CREATED,
+        status,
         Json(json!({
             "recorded": n,
+            "duplicates": duplicates,
             "position": r.events.last().map(|e| e.position),
         })),
     ))

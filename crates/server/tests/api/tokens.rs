@@ -845,7 +845,8 @@ async fn each_operation_appears_exactly_once_in_all_with_its_event_type() {
             Some(&gw),
             Some(json!({"uses": [
                 {"token_id": id, "audience": "api://orders", "outcome": "accepted", "at": iso(app.now())},
-                {"token_id": id, "audience": "api://orders", "outcome": "accepted", "at": iso(app.now())},
+                {"token_id": id, "audience": "api://orders", "outcome": "accepted",
+                 "at": iso(app.now() + chrono::Duration::seconds(1))},
             ]}))
         )
         .await,
@@ -898,4 +899,24 @@ async fn each_operation_appears_exactly_once_in_all_with_its_event_type() {
         .await,
         ["IssuerTrusted"]
     );
+}
+
+#[tokio::test]
+async fn a_retried_use_report_is_recorded_once_and_a_repeated_use_counts_once() {
+    let (app, iss, gw) = setup().await;
+    let m = app.mint_ok(&iss, "alice").await;
+    let id = m["token_id"].as_str().unwrap();
+    let one = json!({"token_id": id, "audience": "api://orders", "outcome": "accepted", "at": iso(app.now())});
+    let body = json!({"uses": [one.clone(), one.clone()]});
+    let (st, _, first) = app.call("POST", "/v1/uses", Some(&gw), Some(body.clone())).await;
+    assert_eq!(st, StatusCode::CREATED, "{first}");
+    assert_eq!(
+        (first["recorded"].as_u64(), first["duplicates"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let before = app.log_len().await;
+    let (st, _, again) = app.call("POST", "/v1/uses", Some(&gw), Some(body)).await;
+    assert_eq!(st, StatusCode::OK, "{again}");
+    assert_eq!(again["position"], first["position"]);
+    assert_eq!(app.log_len().await, before, "a retried report writes nothing");
 }
