@@ -113,9 +113,27 @@ pub struct TenantViews {
     pub issuers: HashMap<String, IssuerTrusted>,
     /// kid (`k4.pid.…`) of a trusted issuer's key → (issuer name, PASERK public key).
     pub issuer_kids: HashMap<String, (String, String)>,
-    /// Every block-list entry in position order, for deltas:
-    /// (position, entry kind, key, expires_at).
-    pub block_log: Vec<(u64, BlockKind, String, Option<DateTime<Utc>>)>,
+    /// Every block-list entry in position order, for deltas.
+    pub block_log: Vec<BlockLogEntry>,
+    /// Tokens exchanged from each token.
+    pub children: HashMap<String, Vec<String>>,
+    listed: std::collections::HashSet<String>,
+}
+
+/// One entry of the block-list feed (DESIGN.md "Block list").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockLogEntry {
+    /// Position of the event that created it.
+    pub position: u64,
+    /// Token, selector or key.
+    pub kind: BlockKind,
+    /// The token id, `scope:key` of the selector, or the kid.
+    pub key: String,
+    /// After this the entry no longer matters (the token's expiry); `None`
+    /// for selectors and keys.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// When it was recorded: a selector covers tokens issued at or before it.
+    pub revoked_at: DateTime<Utc>,
 }
 
 /// What a block-list entry names.
@@ -134,10 +152,15 @@ pub enum BlockKind {
 pub type KidOf = fn(&str) -> Option<String>;
 
 impl TenantViews {
-    /// Folds one committed event at `position`.
-    pub fn apply(&mut self, position: u64, event: &DomainEvent, kid_of: KidOf) {
+    /// Folds one committed event at `position`, recorded at `recorded_at`.
+    pub fn apply(&mut self, position: u64, recorded_at: DateTime<Utc>, event: &DomainEvent, kid_of: KidOf) {
         match event {
             DomainEvent::TokenIssued(t) => {
+                if let Some(p) = &t.parent_token_id
+                    && !self.tokens.contains_key(&t.token_id)
+                {
+                    self.children.entry(p.clone()).or_default().push(t.token_id.clone());
+                }
                 self.tokens.entry(t.token_id.clone()).or_insert_with(|| TokenRecord {
                     position,
                     issuer: t.issuer.clone(),
@@ -160,8 +183,24 @@ impl TenantViews {
                     if !self.revoked_tokens.contains_key(id) {
                         self.revoked_tokens
                             .insert(id.clone(), BlockEntry { position, expires_at });
-                        self.block_log
-                            .push((position, BlockKind::Token, id.clone(), expires_at));
+                    }
+                    // The feed lists the token and every token exchanged
+                    // from it, so a validator needs no chain to refuse them.
+                    let mut todo = vec![id.clone()];
+                    while let Some(t) = todo.pop() {
+                        if self.listed.insert(t.clone()) {
+                            let expires_at = self.tokens.get(&t).map(|x| x.expires_at);
+                            self.block_log.push(BlockLogEntry {
+                                position,
+                                kind: BlockKind::Token,
+                                key: t.clone(),
+                                expires_at,
+                                revoked_at: recorded_at,
+                            });
+                        }
+                        if let Some(c) = self.children.get(&t) {
+                            todo.extend(c.iter().cloned());
+                        }
                     }
                 }
                 if let Some(sel) = &r.selector {
@@ -173,7 +212,13 @@ impl TenantViews {
                         },
                     );
                     let name = format!("{}:{}", selector_name(sel.scope), sel.key);
-                    self.block_log.push((position, BlockKind::Selector, name, None));
+                    self.block_log.push(BlockLogEntry {
+                        position,
+                        kind: BlockKind::Selector,
+                        key: name,
+                        expires_at: None,
+                        revoked_at: recorded_at,
+                    });
                 }
             }
             DomainEvent::SigningKeyAdded(k) => {
@@ -216,7 +261,13 @@ impl TenantViews {
                     && r.state != KeyState::Revoked
                 {
                     r.state = KeyState::Revoked;
-                    self.block_log.push((position, BlockKind::Kid, k.kid.clone(), None));
+                    self.block_log.push(BlockLogEntry {
+                        position,
+                        kind: BlockKind::Kid,
+                        key: k.kid.clone(),
+                        expires_at: None,
+                        revoked_at: recorded_at,
+                    });
                 }
             }
             DomainEvent::IssuerTrusted(i) => {
@@ -346,21 +397,29 @@ mod tests {
     #[test]
     fn revoking_a_token_revokes_its_whole_exchange_chain_but_not_its_parent() {
         let mut v = TenantViews::default();
-        v.apply(1, &issued("a", "alice", None), no_kid);
-        v.apply(2, &issued("b", "alice", Some("a")), no_kid);
-        v.apply(3, &issued("c", "alice", Some("b")), no_kid);
+        v.apply(1, t0(), &issued("a", "alice", None), no_kid);
+        v.apply(2, t0(), &issued("b", "alice", Some("a")), no_kid);
+        v.apply(3, t0(), &issued("c", "alice", Some("b")), no_kid);
         assert_eq!(v.chain_depth("c"), 2);
-        v.apply(4, &revoked(Some("b"), None), no_kid);
+        v.apply(4, t0(), &revoked(Some("b"), None), no_kid);
         assert!(!v.is_revoked("a"));
         assert!(v.is_revoked("b") && v.is_revoked("c"));
+        let listed: Vec<&str> = v.block_log.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            listed,
+            ["b", "c"],
+            "the feed lists the revoked token and its descendants"
+        );
+        v.apply(5, t0(), &revoked(Some("c"), None), no_kid);
+        assert_eq!(v.block_log.len(), 2, "a token is listed once");
     }
 
     #[test]
     fn a_selector_revokes_only_tokens_issued_before_it() {
         let mut v = TenantViews::default();
-        v.apply(1, &issued("a", "alice", None), no_kid);
-        v.apply(2, &revoked(None, Some((SelectorScope::Subject, "alice"))), no_kid);
-        v.apply(3, &issued("b", "alice", None), no_kid);
+        v.apply(1, t0(), &issued("a", "alice", None), no_kid);
+        v.apply(2, t0(), &revoked(None, Some((SelectorScope::Subject, "alice"))), no_kid);
+        v.apply(3, t0(), &issued("b", "alice", None), no_kid);
         assert!(v.is_revoked("a"));
         assert!(!v.is_revoked("b"));
         assert_eq!(v.block_log.len(), 1);
@@ -386,15 +445,16 @@ mod tests {
                 purpose: KeyPurpose::Public,
             })
         };
-        v.apply(1, &add("k1"), no_kid);
-        v.apply(2, &act("k1"), no_kid);
-        v.apply(3, &add("k2"), no_kid);
+        v.apply(1, t0(), &add("k1"), no_kid);
+        v.apply(2, t0(), &act("k1"), no_kid);
+        v.apply(3, t0(), &add("k2"), no_kid);
         assert_eq!(v.keys["k2"].state, KeyState::Pending);
-        v.apply(4, &act("k2"), no_kid);
+        v.apply(4, t0(), &act("k2"), no_kid);
         assert_eq!(v.keys["k1"].state, KeyState::Retired);
         assert_eq!(v.active_key(KeyPurpose::Public).unwrap().kid, "k2");
         v.apply(
             5,
+            t0(),
             &DomainEvent::SigningKeyRevoked(SigningKeyRevoked {
                 kid: "k1".into(),
                 purpose: KeyPurpose::Public,

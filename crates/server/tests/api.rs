@@ -11,6 +11,8 @@ mod support;
 mod append;
 #[path = "api/authz.rs"]
 mod authz;
+#[path = "api/blocklist.rs"]
+mod blocklist;
 #[path = "api/clients.rs"]
 mod clients;
 #[path = "api/external.rs"]

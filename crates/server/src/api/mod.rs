@@ -2,6 +2,7 @@
 //! `oneshot`. Handlers are thin: each first takes the authenticated
 //! [`Caller`](crate::auth::Caller) and checks its role and tenant.
 
+mod blocklist;
 mod clients;
 mod issuers;
 mod keys;
@@ -45,6 +46,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/tokens", post(tokens::mint))
         .route("/v1/tokens/verify", post(tokens::verify_token))
         .route("/v1/keys", get(keys::list))
+        .route("/v1/blocklist", get(blocklist::feed))
         .route("/v1/keys/rotate", post(keys::rotate))
         .route("/v1/keys/{kid}/revoke", post(keys::revoke))
         .route("/v1/revocations", post(revocations::revoke))

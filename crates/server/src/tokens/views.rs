@@ -3,6 +3,7 @@
 //! acknowledged, and the writer's guard that reads them.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use tokenledger_domain::DomainEvent;
 use tokenledger_domain::events::CURRENT_SCHEMA_VERSION;
@@ -10,9 +11,23 @@ use tokenledger_domain::views::TenantViews;
 use tokenledger_store::{AppendGuard, CommitHook, NewEvent, RecordedEvent, Rejection, StreamId};
 
 /// Every tenant's [`TenantViews`].
-#[derive(Default)]
 pub struct LiveViews {
     tenants: RwLock<HashMap<String, TenantViews>>,
+    /// Position of the last event the views have seen.
+    head: AtomicU64,
+    /// Bumped with the position of every new block-list entry, so a
+    /// long-polling validator wakes up.
+    blocks: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for LiveViews {
+    fn default() -> Self {
+        Self {
+            tenants: RwLock::default(),
+            head: AtomicU64::new(0),
+            blocks: tokio::sync::watch::channel(0).0,
+        }
+    }
 }
 
 const VIEW_TYPES: &[&str] = &[
@@ -28,20 +43,35 @@ const VIEW_TYPES: &[&str] = &[
 impl LiveViews {
     /// Folds one committed event in.
     pub fn apply(&self, e: &RecordedEvent) {
+        let blocked = self.fold(e);
+        // After the fold: every entry at or before the head is in the views.
+        self.head.fetch_max(e.position.0, Ordering::AcqRel);
+        if blocked {
+            self.blocks.send_replace(e.position.0);
+        }
+    }
+
+    /// Folds the event; true if it added a block-list entry.
+    fn fold(&self, e: &RecordedEvent) -> bool {
         if !VIEW_TYPES.contains(&e.event_type.as_str()) {
-            return;
+            return false;
         }
         match DomainEvent::from_parts(&e.event_type, CURRENT_SCHEMA_VERSION, &e.data) {
             Ok(ev) => {
                 let mut t = self.tenants.write().unwrap_or_else(|p| p.into_inner());
-                t.entry(e.tenant.clone()).or_default().apply(
+                let v = t.entry(e.tenant.clone()).or_default();
+                let before = v.block_log.len();
+                v.apply(
                     e.position.0,
+                    e.recorded_at,
                     &ev,
                     tokenledger_tokens::keys::kid_of_public,
                 );
+                v.block_log.len() > before
             }
             Err(err) => {
-                tracing::error!(position = e.position.0, error = %err, "undecodable event skipped by the views")
+                tracing::error!(position = e.position.0, error = %err, "undecodable event skipped by the views");
+                false
             }
         }
     }
@@ -53,6 +83,16 @@ impl LiveViews {
             Some(v) => f(v),
             None => f(&TenantViews::default()),
         }
+    }
+
+    /// Position of the last event the views have seen.
+    pub fn head(&self) -> u64 {
+        self.head.load(Ordering::Acquire)
+    }
+
+    /// A receiver woken by every new block-list entry.
+    pub fn watch_blocks(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.blocks.subscribe()
     }
 
     /// The tenants that have views.
