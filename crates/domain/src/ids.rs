@@ -32,6 +32,14 @@ pub enum NameError {
         /// The field that was checked.
         field: &'static str,
     },
+    /// A list repeats an item.
+    #[error("{field} repeats {value:?}")]
+    Repeated {
+        /// The field that was checked.
+        field: &'static str,
+        /// The repeated item.
+        value: String,
+    },
     /// The name holds a character that is not allowed there.
     #[error("{field} contains a character that is not allowed: U+{code:04X}")]
     BadChar {
@@ -89,9 +97,9 @@ pub fn check_scope(field: &'static str, scope: &str) -> Result<(), NameError> {
     for tok in scope.split(' ') {
         check_identifier(field, tok)?;
         if !seen.insert(tok) {
-            return Err(NameError::BadChar {
+            return Err(NameError::Repeated {
                 field,
-                code: ' ' as u32,
+                value: tok.to_owned(),
             });
         }
     }

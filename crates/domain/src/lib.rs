@@ -20,6 +20,7 @@
 pub mod clock;
 pub mod events;
 pub mod ids;
+pub mod json;
 pub mod policy;
 pub mod registry;
 pub mod role;

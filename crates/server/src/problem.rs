@@ -195,15 +195,15 @@ impl FromRequest<crate::state::AppState> for JsonBody {
 /// Parses JSON refusing duplicate keys, then into `T`. Errors are 400
 /// problems: `malformed-json` or `invalid-body`.
 pub fn parse_strict<T: DeserializeOwned + serde::Serialize>(bytes: &[u8]) -> Result<T, ApiError> {
-    let value: StrictValue =
-        serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request("malformed-json", e.to_string()))?;
+    let value = tokenledger_domain::json::from_slice_strict(bytes)
+        .map_err(|e| ApiError::bad_request("malformed-json", e.to_string()))?;
     let parsed: T =
-        serde_json::from_value(value.0.clone()).map_err(|e| ApiError::bad_request("invalid-body", e.to_string()))?;
+        serde_json::from_value(value.clone()).map_err(|e| ApiError::bad_request("invalid-body", e.to_string()))?;
     // serde's derived structs also accept a JSON array, read by position;
     // the contract's shapes are objects, so refuse an array where the
     // parsed value has an object.
     let back = serde_json::to_value(&parsed).map_err(ApiError::internal)?;
-    if let Some(path) = array_for_object(&value.0, &back, String::new()) {
+    if let Some(path) = array_for_object(&value, &back, String::new()) {
         return Err(ApiError::bad_request(
             "invalid-body",
             format!(
@@ -230,67 +230,6 @@ fn array_for_object(sent: &Value, parsed: &Value, path: String) -> Option<String
             .enumerate()
             .find_map(|(i, (v, w))| array_for_object(v, w, format!("{path}/{i}"))),
         _ => None,
-    }
-}
-
-/// A JSON value whose objects have no duplicate keys.
-struct StrictValue(Value);
-
-impl<'de> serde::Deserialize<'de> for StrictValue {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(StrictVisitor).map(StrictValue)
-    }
-}
-
-struct StrictVisitor;
-
-impl<'de> serde::de::Visitor<'de> for StrictVisitor {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_owned()))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
-    }
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_none<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut out = Vec::new();
-        while let Some(StrictValue(v)) = seq.next_element()? {
-            out.push(v);
-        }
-        Ok(Value::Array(out))
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut out = Map::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if out.contains_key(&key) {
-                return Err(serde::de::Error::custom(format!("duplicate key {key:?}")));
-            }
-            let StrictValue(v) = map.next_value()?;
-            out.insert(key, v);
-        }
-        Ok(Value::Object(out))
     }
 }
 

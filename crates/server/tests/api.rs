@@ -25,6 +25,8 @@ mod ops;
 mod principals;
 #[path = "api/reads.rs"]
 mod reads;
+#[path = "api/regressions.rs"]
+mod regressions;
 #[path = "api/schedule.rs"]
 mod schedule;
 #[path = "api/tenancy.rs"]

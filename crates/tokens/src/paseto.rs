@@ -172,7 +172,11 @@ pub fn inspect(token: &str) -> Result<Inspected, OpenError> {
     if footer.is_empty() || footer.len() > MAX_FOOTER {
         return Err(OpenError::Malformed);
     }
-    let footer: Map<String, Value> = serde_json::from_slice(&footer).map_err(|_| OpenError::Malformed)?;
+    // Strict: a footer with two `kid`s means two things to two parsers.
+    let footer = tokenledger_domain::json::from_slice_strict(&footer).map_err(|_| OpenError::Malformed)?;
+    let Value::Object(footer) = footer else {
+        return Err(OpenError::Malformed);
+    };
     let kid = footer.get("kid").and_then(Value::as_str).ok_or(OpenError::Malformed)?;
     let want = match purpose {
         KeyPurpose::Public => "k4.pid.",
@@ -191,7 +195,9 @@ pub fn inspect(token: &str) -> Result<Inspected, OpenError> {
 /// claims. The key's purpose must match the token's.
 pub fn open(token: &str, key: &VerifyingKey) -> Result<TokenClaims, OpenError> {
     let payload = open_raw(token, key)?;
-    serde_json::from_slice(&payload).map_err(|_| OpenError::Malformed)
+    // Strict: duplicate keys anywhere in the claims make the token malformed.
+    let value = tokenledger_domain::json::from_slice_strict(&payload).map_err(|_| OpenError::Malformed)?;
+    serde_json::from_value(value).map_err(|_| OpenError::Malformed)
 }
 
 /// Verifies or decrypts, returning the raw payload bytes.
@@ -311,6 +317,9 @@ mod tests {
         assert_eq!(inspect(&bare), Err(OpenError::Malformed));
         let wrong = PublicToken::sign(&sk, &payload, Some(br#"{"kid":"k4.lid.x"}"#), None).unwrap();
         assert_eq!(inspect(&wrong), Err(OpenError::Malformed));
+        let twice = format!(r#"{{"kid":"{}","kid":"{}"}}"#, k.kid, k.kid);
+        let dup = PublicToken::sign(&sk, &payload, Some(twice.as_bytes()), None).unwrap();
+        assert_eq!(inspect(&dup), Err(OpenError::Malformed), "a footer with two kids");
         let not_json = PublicToken::sign(&sk, &payload, Some(b"k4.pid.x"), None).unwrap();
         assert_eq!(inspect(&not_json), Err(OpenError::Malformed));
         for junk in ["", "v4.public.", "v3.public.abc", "v4.public.!!!", "v4.local.AAAA.AAAA"] {

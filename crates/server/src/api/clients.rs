@@ -36,6 +36,20 @@ pub async fn set_policy(
     caller.require(Permission::Administer)?;
     let tenant = caller.tenant()?.to_owned();
     let req: PolicyBody = body.parse().await?;
+    let max = st.settings.max_token_ttl_seconds;
+    if let Some((aud, p)) = req
+        .audiences
+        .iter()
+        .find(|(_, p)| p.max_ttl_seconds == 0 || p.max_ttl_seconds > max)
+    {
+        return Err(ApiError::unprocessable(
+            "invalid-policy",
+            format!(
+                "max_ttl_seconds of {aud:?} is {}; it must be 1..={max} (max_token_ttl_seconds)",
+                p.max_ttl_seconds
+            ),
+        ));
+    }
     let policy = ClientPolicySet {
         client_id: client_id.clone(),
         audiences: req.audiences,

@@ -556,6 +556,17 @@ async fn exchange(st: &AppState, caller: &Caller, tenant: &str, form: &Form) -> 
     let actor = actor_token
         .map(|t| verified(st, tenant, "actor_token", t, now))
         .transpose()?;
+    // The actor token identifies the party acting (RFC 8693 §4.1): the
+    // caller itself, so a caller cannot write someone else into `act`.
+    if let Some(a) = &actor
+        && a.sub != caller.name
+        && a.client_id != caller.name
+    {
+        return Err(OAuthError::invalid_grant(format!(
+            "the actor_token names {:?} (client {:?}), not the caller {:?}",
+            a.sub, a.client_id, caller.name
+        )));
+    }
 
     // Scope: what was asked, or what the subject token holds that the
     // caller's policy allows for the new audience.

@@ -36,15 +36,33 @@ fn principal_stream(name: &str) -> String {
     format!("principal-{name}")
 }
 
+/// Names the audit trail uses for the server and the bootstrap secret.
+const RESERVED_NAMES: &[&str] = &["bootstrap", "server", "tokenledger"];
+
+/// A principal name is lower-case ASCII letters and digits with `. _ : @ -`
+/// inside, starting with a letter or digit, at most 128 bytes — so
+/// `IDP-1` and `idp-1` can never be two principals, nothing looks like
+/// something else, and the name is a valid stream suffix — and is not a
+/// name the audit trail reserves.
 fn check_name(name: &str) -> Result<(), ApiError> {
+    let bad = |why: &str| {
+        Err(ApiError::unprocessable(
+            "invalid-identifier",
+            format!("principal name {name:?}: {why}; use lower-case ASCII letters, digits and . _ : @ - (at most 128)"),
+        ))
+    };
+    let ok_char = |(i, c): (usize, char)| {
+        c.is_ascii_lowercase() || c.is_ascii_digit() || (i > 0 && matches!(c, '.' | '_' | ':' | '@' | '-'))
+    };
+    if name.is_empty() || name.len() > 128 || !name.chars().enumerate().all(ok_char) {
+        return bad("not allowed");
+    }
+    if RESERVED_NAMES.contains(&name) {
+        return bad("reserved");
+    }
     check_identifier("name", name)
         .and_then(|_| check_stream_name(&principal_stream(name)))
-        .map_err(|e| {
-            ApiError::unprocessable(
-                "invalid-identifier",
-                format!("principal name {name:?}: {e}; use ASCII letters, digits and . _ ~ : @ -"),
-            )
-        })
+        .or_else(|e| bad(&e.to_string()))
 }
 
 /// `POST /v1/principals` — bootstrap (a tenant's first admin) or admin (its

@@ -10,6 +10,7 @@
 use crate::state::AppState;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use tokenledger_domain::events::TokenFormat;
 use tokenledger_domain::views::{KeyState, TokenRecord};
 use tokenledger_tokens::paseto::{OpenError, TimeCheck, TokenClaims, check_times, inspect, open};
 
@@ -178,9 +179,11 @@ pub fn verify(
         && record.scope == claims.scope
         && record.expires_at == claims.exp
         && match (&signer, &record.kid) {
-            (Signer::Ours(rec), Some(kid)) => *kid == rec.kid,
+            // Our keys sign only what we minted: a record an issuer appended
+            // (format external) naming our kid does not make a token ours.
+            (Signer::Ours(rec), Some(kid)) => *kid == rec.kid && record.format != TokenFormat::External,
             (Signer::Ours(_), None) => false,
-            (Signer::External(name, _), _) => record.issuer == *name,
+            (Signer::External(name, _), _) => record.issuer == *name && record.format == TokenFormat::External,
         };
     if !matches {
         return done(Some(Reason::NotIssued), Some(record));

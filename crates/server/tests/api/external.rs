@@ -360,9 +360,17 @@ async fn a_token_whose_nbf_lies_beyond_the_leeway_is_not_yet_valid() {
 #[tokio::test]
 async fn an_issuers_own_issuance_is_capped_by_the_servers_longest_lifetime_like_a_mint() {
     let (app, ext, _) = setup().await;
-    // A policy longer than the server allows (86400 s by default).
+    // A policy longer than the server allows (86400 s by default) is refused…
     let mut p = default_policy();
     p["audiences"]["api://orders"]["max_ttl_seconds"] = json!(2 * 86400);
+    let admin = app.admin("acme").await;
+    let a = app
+        .call("PUT", "/v1/clients/ext-idp/policy", Some(&admin), Some(p))
+        .await;
+    assert_problem(&a, StatusCode::UNPROCESSABLE_ENTITY, "invalid-policy");
+    // …and at the limit, one second more is refused on the append path.
+    let mut p = default_policy();
+    p["audiences"]["api://orders"]["max_ttl_seconds"] = json!(86400);
     app.policy("acme", "ext-idp", p).await;
     let id = jti();
     let now = app.now();

@@ -347,7 +347,7 @@ async fn exchange_narrows_and_records_issued_and_exchanged_atomically() {
             "/v1/tokens",
             Some(&w.iss),
             Some(
-                json!({"subject": "svc-b", "audience": "api://gateway", "scope": "orders:read",
+                json!({"subject": "gw", "audience": "api://gateway", "scope": "orders:read",
                         "ttl_seconds": 60, "format": "v4.local"}),
             ),
         )
@@ -368,7 +368,7 @@ async fn exchange_narrows_and_records_issued_and_exchanged_atomically() {
     let v = w.verify(&second, "api://orders").await;
     assert_eq!(
         v["claims"]["act"],
-        json!({"sub": "svc-b", "client_id": "iss", "act": {"sub": "gw", "client_id": "gw"}}),
+        json!({"sub": "gw", "client_id": "iss", "act": {"sub": "gw", "client_id": "gw"}}),
         "{v}"
     );
 }
@@ -860,4 +860,30 @@ async fn before_catching_up_oauth_answers_503_in_its_own_shape() {
         let a = form(&app, path, Some(BOOT), &[("token", "x")]).await;
         assert_oauth_error(&a, StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable");
     }
+}
+
+#[tokio::test]
+async fn an_actor_token_must_name_the_caller() {
+    let w = world().await;
+    let (subject, _) = w.mint().await;
+    // A valid token of someone else (alice, minted to iss) as actor_token.
+    let (someone_else, _) = w.mint().await;
+    let a = w
+        .exchange(
+            &w.gw,
+            &subject,
+            &[
+                ("audience", "api://orders"),
+                ("actor_token", &someone_else),
+                ("actor_token_type", ACCESS),
+            ],
+        )
+        .await;
+    assert_oauth_error(&a, StatusCode::BAD_REQUEST, "invalid_grant");
+    assert!(
+        a.2["error_description"].as_str().unwrap().contains("not the caller"),
+        "{}",
+        a.2
+    );
+    assert!(of_type(&w.app, "TokenExchanged").await.is_empty());
 }
