@@ -13,8 +13,8 @@
 use crate::problem::ApiError;
 use crate::state::AppState;
 use axum::extract::FromRequestParts;
-use axum::http::header;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -114,21 +114,53 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(ApiError::unauthenticated)?;
-        let (scheme, secret) = header.split_once(' ').ok_or_else(ApiError::unauthenticated)?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(ApiError::unauthenticated());
-        }
-        let caller = state.authenticate(secret.trim());
+        let secret = match bearer(&parts.headers) {
+            Ok(s) => s,
+            Err(Credential::Ambiguous) => {
+                state.metrics.auth_failures.inc();
+                return Err(ApiError {
+                    detail: "more than one Authorization header: the credential is ambiguous".into(),
+                    ..ApiError::unauthenticated()
+                });
+            }
+            Err(Credential::Missing) => return Err(ApiError::unauthenticated()),
+        };
+        let caller = state.authenticate(secret);
         if caller.is_none() {
             state.metrics.auth_failures.inc();
         }
         caller.ok_or_else(ApiError::unauthenticated)
     }
+}
+
+/// Why a request carries no usable bearer credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    /// No `Authorization` header, not `Bearer <secret>`, or not visible ASCII.
+    Missing,
+    /// More than one `Authorization` header: which one counts is ambiguous
+    /// (a proxy and the server could disagree), so neither does.
+    Ambiguous,
+}
+
+/// The secret of the request's single `Authorization: Bearer <secret>`
+/// header (scheme case-insensitive, secret trimmed). Every endpoint that
+/// authenticates reads the credential through here.
+pub fn bearer(headers: &HeaderMap) -> Result<&str, Credential> {
+    let mut all = headers.get_all(header::AUTHORIZATION).iter();
+    let value = all.next().ok_or(Credential::Missing)?;
+    if all.next().is_some() {
+        return Err(Credential::Ambiguous);
+    }
+    let (scheme, secret) = value
+        .to_str()
+        .ok()
+        .and_then(|h| h.split_once(' '))
+        .ok_or(Credential::Missing)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(Credential::Missing);
+    }
+    Ok(secret.trim())
 }
 
 /// A credential's parts: `tl_<id>_<secret>`.
@@ -192,5 +224,24 @@ mod tests {
         ));
         assert!(split_credential("tl_abc_short").is_none());
         assert!(split_credential("bearer-token").is_none());
+    }
+
+    #[test]
+    fn exactly_one_bearer_header_counts() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), Err(Credential::Missing));
+        h.insert(header::AUTHORIZATION, "Bearer  abc ".parse().unwrap());
+        assert_eq!(bearer(&h), Ok("abc"));
+        h.insert(header::AUTHORIZATION, "bEaReR abc".parse().unwrap());
+        assert_eq!(bearer(&h), Ok("abc"));
+        h.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert_eq!(bearer(&h), Err(Credential::Missing));
+        h.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
+        h.append(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
+        assert_eq!(bearer(&h), Err(Credential::Ambiguous), "even two equal headers");
+        let mut h = HeaderMap::new();
+        h.append(header::AUTHORIZATION, "Basic x".parse().unwrap());
+        h.append(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
+        assert_eq!(bearer(&h), Err(Credential::Ambiguous));
     }
 }

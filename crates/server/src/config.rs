@@ -20,7 +20,7 @@
 //! | `--verify-leeway-seconds` / `verify_leeway_seconds` | `TOKENLEDGER_VERIFY_LEEWAY_SECONDS` | `30` | `exp`/`nbf` leeway, at most 300 |
 //! | `--cutoff-mode` / `cutoff_mode` | `TOKENLEDGER_CUTOFF_MODE` | `enforce` | `enforce`, `dry_run` or `off` for rule cutoffs |
 //! | `--bootstrap-token` / `bootstrap_token` | `TOKENLEDGER_BOOTSTRAP_TOKEN` | generated into `<data-dir>/bootstrap.token` (0600) | the bootstrap secret, ≥ 32 bytes |
-//! | `--kek-file` / `kek_file` | `TOKENLEDGER_KEK_FILE` | `<data-dir>/kek`, generated (0600) | the key-encryption key that seals signing keys, 32 bytes hex |
+//! | `--kek-file` / `kek_file` | `TOKENLEDGER_KEK_FILE` | `<data-dir>/kek`, generated (0600) for a new ledger only | the key-encryption key that seals signing keys, 32 bytes hex; a ledger whose KEK is missing, or whose signing keys do not open under it, does not start |
 //! | `--issuer-name` / `issuer_name` | `TOKENLEDGER_ISSUER_NAME` | `tokenledger` | `iss` of minted tokens |
 //! | `--key-publish-lead-seconds` / `key_publish_lead_seconds` | `TOKENLEDGER_KEY_PUBLISH_LEAD_SECONDS` | `3600` | a scheduled next key is published this long before it signs |
 //! | `--key-rotation-seconds` / `key_rotation_seconds` | `TOKENLEDGER_KEY_ROTATION_SECONDS` | `2592000` | scheduled rotation period (0: never) |
@@ -67,10 +67,12 @@ macro_rules! settings {
         #[derive(Debug, Clone, Default, Args)]
         pub struct ServeArgs {
             /// A TOML file with any of the settings below.
-            #[arg(long, env = "TOKENLEDGER_CONFIG")]
+            // `hide_env_values`: `--help` names the variable but never prints
+            // its value (the bootstrap token, the KEK path, …).
+            #[arg(long, env = "TOKENLEDGER_CONFIG", hide_env_values = true)]
             pub config: Option<PathBuf>,
-            $( $(#[doc = $doc])* #[arg(long, env = $env)] pub $name: Option<$ty>, )+
-            $( $(#[doc = $odoc])* #[arg(long, env = $oenv)] pub $oname: Option<$oty>, )+
+            $( $(#[doc = $doc])* #[arg(long, env = $env, hide_env_values = true)] pub $name: Option<$ty>, )+
+            $( $(#[doc = $odoc])* #[arg(long, env = $oenv, hide_env_values = true)] pub $oname: Option<$oty>, )+
         }
 
         /// The same settings read from the TOML file.
@@ -142,7 +144,7 @@ settings! {
         metrics_listen: SocketAddr, env = "TOKENLEDGER_METRICS_LISTEN";
         /// The bootstrap secret (at least 32 bytes); generated into the data dir if absent.
         bootstrap_token: String, env = "TOKENLEDGER_BOOTSTRAP_TOKEN";
-        /// The key-encryption key file (32 bytes, hex); generated as <data-dir>/kek (0600) if absent.
+        /// The key-encryption key file (32 bytes, hex); generated as <data-dir>/kek (0600) for a new ledger.
         kek_file: PathBuf, env = "TOKENLEDGER_KEK_FILE";
     }
 }
@@ -163,6 +165,49 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// A TOML error as `message at line L, column C`, without the source
+/// snippet `toml`'s `Display` adds: the offending line may hold a secret
+/// (`bootstrap_token = "…"`), and errors go to stderr and the logs.
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    // The message names keys and expectations, never values; keep only its
+    // first line in case a future version adds context.
+    let mut message = e
+        .message()
+        .lines()
+        .next()
+        .unwrap_or("invalid TOML")
+        .trim_end()
+        .to_owned();
+    let Some(span) = e.span() else { return message };
+    // A value refused for its type or variant is quoted by serde's message
+    // (`invalid type: string "…"`, `unknown variant `…``): the offending
+    // value is cut out of the message too. Key names (an unknown or
+    // duplicate key) are not secret and stay, to point at the typo.
+    let about_key = ["unknown field", "duplicate key", "missing field"]
+        .iter()
+        .any(|k| message.contains(k));
+    if !about_key && let Some(value) = text.get(span.clone()) {
+        let inner = value.trim().trim_matches(['"', '\'']);
+        if inner.len() >= 4 {
+            message = message.replace(inner, "…");
+        }
+    }
+    let (line, column) = line_column(text, span.start);
+    format!("{message} at line {line}, column {column}")
+}
+
+/// 1-based line and column (in characters) of byte offset `at` of `text`.
+fn line_column(text: &str, at: usize) -> (usize, usize) {
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
 impl Settings {
     /// Resolves flags and variables (already merged by clap) over the TOML
     /// file and the defaults, then checks them.
@@ -176,7 +221,7 @@ impl Settings {
                 })?;
                 toml::from_str(&text).map_err(|e| ConfigError::File {
                     path: path.clone(),
-                    message: e.to_string(),
+                    message: toml_error(&text, &e),
                 })?
             }
         };
@@ -272,5 +317,76 @@ mod tests {
         let mut a = args();
         a.config = Some(path);
         assert!(matches!(Settings::resolve(a), Err(ConfigError::File { .. })));
+    }
+
+    fn file_error(text: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        let a = ServeArgs {
+            config: Some(path.clone()),
+            ..args()
+        };
+        let err = Settings::resolve(a).unwrap_err();
+        assert!(matches!(err, ConfigError::File { .. }), "{err:?}");
+        let err = err.to_string();
+        assert!(err.starts_with(&format!("config file {}: ", path.display())), "{err}");
+        err
+    }
+
+    #[test]
+    fn toml_errors_never_echo_the_file() {
+        const SECRET: &str = "SUPERSECRET-0123456789abcdef0123456789";
+        // A misspelt key whose value is a secret.
+        let err = file_error(&format!("listen = \"127.0.0.1:8080\"\nbootstrap_tokn = \"{SECRET}\"\n"));
+        assert!(!err.contains("SUPERSECRET"), "{err}");
+        assert!(err.contains("bootstrap_tokn"), "the key is named: {err}");
+        assert!(err.ends_with("at line 2, column 1"), "{err}");
+        // An unterminated string holding the secret.
+        let err = file_error(&format!("data_dir = \"/d\"\nbootstrap_token = \"{SECRET}\n"));
+        assert!(!err.contains("SUPERSECRET"), "{err}");
+        assert!(err.contains("at line 2, column "), "{err}");
+        assert!(!err.contains('\n'), "one line: {err:?}");
+        // A secret refused for its type or variant.
+        let err = file_error(&format!("cutoff_mode = \"{SECRET}\"\n"));
+        assert!(!err.contains("SUPERSECRET"), "{err}");
+        assert!(err.contains("at line 1, column 15"), "{err}");
+        let err = file_error(&format!("max_body_bytes = \"{SECRET}\"\n"));
+        assert!(!err.contains("SUPERSECRET"), "{err}");
+        let err = file_error("bootstrap_token = 98765432109876543210987\n");
+        assert!(!err.contains("98765432109876543210987"), "{err}");
+        assert!(err.contains("expected a string"), "{err}");
+        // Not valid TOML at all.
+        let err = file_error(&format!("[x\nbootstrap_token = \"{SECRET}\"\n"));
+        assert!(!err.contains("SUPERSECRET"), "{err}");
+    }
+
+    #[test]
+    fn line_and_column_count_characters() {
+        assert_eq!(line_column("abc", 0), (1, 1));
+        assert_eq!(line_column("a\nbc", 3), (2, 2));
+        assert_eq!(line_column("a\nébc", 4), (2, 2));
+        assert_eq!(line_column("a\nébc", 3), (2, 1), "inside a character");
+        assert_eq!(line_column("ab", 99), (1, 3));
+    }
+
+    #[test]
+    fn help_never_prints_environment_values() {
+        use clap::{CommandFactory, Parser};
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        // Every argument hides its variable's value; `--help` renders from
+        // these flags, so no value set in the environment reaches it.
+        let cmd = Cli::command();
+        for arg in cmd.get_arguments() {
+            if arg.get_env().is_some() {
+                assert!(arg.is_hide_env_values_set(), "--{} shows its env value", arg.get_id());
+            }
+        }
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("TOKENLEDGER_BOOTSTRAP_TOKEN"), "{help}");
     }
 }

@@ -14,6 +14,7 @@ use tokenledger_domain::clock::Clock;
 use tokenledger_domain::events::CURRENT_SCHEMA_VERSION;
 use tokenledger_domain::registry::Registry;
 use tokenledger_domain::role::Role;
+use tokenledger_domain::views::{KeyRecord, KeyState};
 use tokenledger_store::{CommitHook, EventStore, Position, RecordedEvent, StoreError};
 use tokenledger_tokens::seal::Kek;
 
@@ -72,10 +73,19 @@ impl AppState {
         }
     }
 
-    /// Folds the whole log into the registry, registers it as a commit hook
-    /// so it never falls behind an acknowledged append, and marks the state
-    /// ready. Call once, before any append. Returns the head it reached.
+    /// [`AppState::catch_up_views`], then [`AppState::mark_ready`]. Call
+    /// once, before any append. Returns the head it reached.
     pub async fn catch_up(&self) -> Result<Position, StoreError> {
+        let head = self.catch_up_views().await?;
+        self.mark_ready();
+        Ok(head)
+    }
+
+    /// Folds the whole log into the registry and the views and registers
+    /// them as commit hooks so they never fall behind an acknowledged
+    /// append; does not mark the state ready. Call once, before any append.
+    /// Returns the head it reached.
+    pub async fn catch_up_views(&self) -> Result<Position, StoreError> {
         let mut from = Position::START.next();
         let mut head = Position::START;
         loop {
@@ -93,8 +103,41 @@ impl AppState {
         self.store.set_guard(Arc::new(ViewGuard(self.views.clone())));
         self.store.add_commit_hook(Arc::new(MetricsHook(self.metrics.clone())));
         self.metrics.head_position.set(head.0 as i64);
-        self.ready.store(true, Ordering::Release);
         Ok(head)
+    }
+
+    /// The API answers from now on (503 before).
+    pub fn mark_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// Opens every signing key of every tenant in the views under the KEK
+    /// (the material is cached for use), so a wrong or regenerated KEK stops
+    /// the server at start rather than failing every mint. Revoked keys are
+    /// skipped: nothing uses their material again, and it is not loaded into
+    /// memory. Returns how many keys opened.
+    pub fn check_sealed_keys(&self) -> Result<usize, UnopenableKey> {
+        let mut tenants = self.views.tenants();
+        tenants.sort();
+        let mut opened = 0;
+        for tenant in tenants {
+            let keys: Vec<KeyRecord> = self.views.read(&tenant, |v| {
+                v.keys
+                    .values()
+                    .filter(|k| k.state != KeyState::Revoked)
+                    .cloned()
+                    .collect()
+            });
+            for rec in keys {
+                // The cause (wrong KEK, tampered or undecodable) is logged by `material`.
+                self.keyring.material(&tenant, &rec).map_err(|_| UnopenableKey {
+                    tenant: tenant.clone(),
+                    kid: rec.kid.clone(),
+                })?;
+                opened += 1;
+            }
+        }
+        Ok(opened)
     }
 
     /// Authenticates a bearer secret: a `tl_…` credential of an enabled
@@ -125,6 +168,19 @@ impl AppState {
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
+}
+
+/// A signing key of the log that does not open under the KEK.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "signing key {kid} of tenant {tenant} does not open under the key-encryption key: \
+     start with the key-encryption key this ledger was sealed with (restore it from your backup)"
+)]
+pub struct UnopenableKey {
+    /// The tenant.
+    pub tenant: String,
+    /// The key's id.
+    pub kid: String,
 }
 
 /// The registry behind a lock, fed by the store's commit hook.

@@ -17,6 +17,8 @@ mod blocklist;
 mod clients;
 #[path = "api/external.rs"]
 mod external;
+#[path = "api/hardening.rs"]
+mod hardening;
 #[path = "api/oauth.rs"]
 mod oauth;
 #[path = "api/ops.rs"]

@@ -158,12 +158,10 @@ pub async fn method_not_allowed() -> Response {
 /// The authenticated caller of an OAuth endpoint, or `invalid_client`; the
 /// same check as the [`Caller`] extractor, answered in OAuth's shape.
 fn oauth_caller(st: &AppState, headers: &HeaderMap) -> Result<Caller, OAuthError> {
-    let caller = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|h| h.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .and_then(|(_, secret)| st.authenticate(secret.trim()));
+    // Exactly one `Authorization: Bearer`: two would be ambiguous.
+    let caller = crate::auth::bearer(headers)
+        .ok()
+        .and_then(|secret| st.authenticate(secret));
     if caller.is_none() {
         st.metrics.auth_failures.inc();
     }

@@ -174,11 +174,13 @@ pub async fn mint(
                 })
         })
         .transpose()?;
+    // The token id of an idempotent mint is keyed under a server secret: a
+    // caller (another issuer of the tenant included) cannot compute it and
+    // occupy `token-<jti>` or the event id before the mint.
     let jti = match &idem {
-        Some(k) => Uuid::new_v5(
-            &Uuid::NAMESPACE_OID,
-            format!("tokenledger/mint\0{tenant}\0{}\0{k}", caller.name).as_bytes(),
-        ),
+        Some(k) => st
+            .keyring
+            .idempotent_id(MINT_JTI_LABEL, &id_input(&[&tenant, &caller.name, k])),
         None => Uuid::new_v4(),
     }
     .to_string();
@@ -205,10 +207,9 @@ pub async fn mint(
     let now = st.clock.now().with_nanosecond(0).unwrap_or_else(|| st.clock.now());
     let spec = IssueSpec {
         jti: jti.clone(),
-        event_id: Uuid::new_v5(
-            &Uuid::NAMESPACE_OID,
-            format!("tokenledger/issued\0{tenant}\0{jti}").as_bytes(),
-        ),
+        event_id: st
+            .keyring
+            .idempotent_id(ISSUED_EVENT_ID_LABEL, &id_input(&[&tenant, &jti])),
         subject: req.subject.clone(),
         client_id: caller.name.clone(),
         audience: req.audience.clone(),
@@ -236,6 +237,22 @@ pub async fn mint(
 }
 
 use chrono::Timelike;
+
+/// The label of an idempotent mint's token id ([`crate::tokens::KeyRing::idempotent_id`]).
+const MINT_JTI_LABEL: &str = "tokenledger/mint/jti/v1";
+/// The label of a mint's `TokenIssued` event id.
+const ISSUED_EVENT_ID_LABEL: &str = "tokenledger/mint/issued-event-id/v1";
+
+/// An unambiguous encoding of the parts of a derived id: each part
+/// length-prefixed (8 bytes, big-endian).
+fn id_input(parts: &[&str]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len() + 8).sum());
+    for p in parts {
+        out.extend_from_slice(&(p.len() as u64).to_be_bytes());
+        out.extend_from_slice(p.as_bytes());
+    }
+    out
+}
 
 fn mint_answer(
     token: &str,

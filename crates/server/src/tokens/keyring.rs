@@ -77,6 +77,17 @@ impl KeyRing {
         Ok(m)
     }
 
+    /// An identifier derived from `data` under `label` that only this server
+    /// can compute: a UUID (version 4 bits set) from HMAC-SHA256 under a
+    /// subkey of the KEK ([`Kek::derive_id`]). The same inputs give the same
+    /// id across restarts with the same KEK; a caller cannot predict it.
+    pub fn idempotent_id(&self, label: &str, data: &[u8]) -> uuid::Uuid {
+        let mac = self.kek.derive_id(label, data);
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&mac[..16]);
+        uuid::Builder::from_random_bytes(bytes).into_uuid()
+    }
+
     /// The verifying key of a PASERK `k4.public` key (trusted issuers), cached.
     pub fn public(&self, paserk: &str) -> Option<VerifyingKey> {
         if let Some(k) = self.public_cache.read().unwrap_or_else(|p| p.into_inner()).get(paserk) {
