@@ -2,7 +2,8 @@
 //! validators (DESIGN.md "Wire shapes": block list).
 //!
 //! Without `since`: a snapshot of every entry that still matters (token
-//! entries until their token expires; selectors and keys always). With
+//! entries until their token expired more than the largest allowed leeway,
+//! 300 s, ago; selectors and keys always). With
 //! `since` (exclusive): every entry created after that position. The
 //! answer's `position` is the one to ask from next. A revoked token is
 //! listed together with every token exchanged from it. With `wait` (at most
@@ -20,6 +21,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokenledger_domain::views::{BlockKind, BlockLogEntry};
 use tokenledger_tokens::paseto::rfc3339;
+
+/// A token entry stays in snapshots this long after its token expires: a
+/// validator may accept an expired token for its leeway, at most 300 s.
+const MAX_LEEWAY: chrono::Duration = chrono::Duration::seconds(300);
 
 /// Query of the feed.
 #[derive(Debug, Deserialize)]
@@ -70,7 +75,7 @@ pub async fn feed(
             v.block_log[start..]
                 .iter()
                 .filter(|e| e.position <= position)
-                .filter(|e| q.since.is_some() || e.expires_at.is_none_or(|x| x > now))
+                .filter(|e| q.since.is_some() || e.expires_at.is_none_or(|x| x + MAX_LEEWAY > now))
                 .map(entry)
                 .collect()
         });
