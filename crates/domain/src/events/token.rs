@@ -248,6 +248,11 @@ pub enum RefusalReason {
     Format,
     /// A minting cutoff matches; `cutoff_id` names it.
     Cutoff,
+    /// An exchange would make the chain deeper than allowed.
+    Depth,
+    /// An exchange by a caller that is not an audience of the subject token
+    /// (its policy does not serve it) and is not named in its `may_act`.
+    NotServed,
 }
 
 /// `GrantRefused` v1: a mint, exchange, grant or append was refused by policy

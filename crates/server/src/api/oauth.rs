@@ -310,7 +310,7 @@ fn refusal_error(r: Refusal) -> OAuthError {
         RefusalReason::Audience => "invalid_target",
         RefusalReason::Scope => "invalid_scope",
         RefusalReason::Ttl | RefusalReason::Format => "invalid_request",
-        RefusalReason::Cutoff => "invalid_grant",
+        RefusalReason::Cutoff | RefusalReason::Depth | RefusalReason::NotServed => "invalid_grant",
     };
     let mut e = OAuthError::bad(error, r.detail);
     e.extra
@@ -461,15 +461,17 @@ fn verified(
     }
 }
 
-/// Records the `GrantRefused` of an exchange that asked for more than the
-/// subject token holds (the policy's refusals are recorded by
-/// `police_grant`).
-async fn record_scope_refusal(
+/// Records the `GrantRefused` of an exchange refused for a reason of its
+/// own — asking for more than the subject token holds, a chain too deep, a
+/// caller the subject token is not for (the policy's refusals are recorded
+/// by `police_grant`).
+async fn record_exchange_refusal(
     st: &AppState,
     tenant: &str,
     client: &str,
     subject: &str,
     requested: GrantRequest,
+    reason: RefusalReason,
     detail: &str,
 ) {
     let record = GrantRefused {
@@ -477,7 +479,7 @@ async fn record_scope_refusal(
         client_id: client.to_owned(),
         subject: Some(subject.to_owned()),
         requested,
-        reason: RefusalReason::Scope,
+        reason,
         detail: detail.to_owned(),
         cutoff_id: None,
     };
@@ -536,20 +538,48 @@ async fn exchange(st: &AppState, caller: &Caller, tenant: &str, form: &Form) -> 
     let now = now_secs(st);
 
     let subject = verified(st, tenant, "subject_token", subject_token, now)?;
+    let asked = || GrantRequest {
+        audience: Some(audience.to_owned()),
+        scope: requested_scope.map(str::to_owned),
+        ttl_seconds: None,
+        format: Some(format),
+    };
     let depth = st.views.read(tenant, |v| v.chain_depth(&subject.jti)) + 1;
     if depth > st.settings.max_exchange_depth as usize {
-        return Err(OAuthError::invalid_grant(format!(
+        let detail = format!(
             "the exchange chain would be {depth} deep; at most {} exchanges are allowed",
             st.settings.max_exchange_depth
-        )));
+        );
+        record_exchange_refusal(
+            st,
+            tenant,
+            &caller.name,
+            &subject.sub,
+            asked(),
+            RefusalReason::Depth,
+            &detail,
+        )
+        .await;
+        return Err(OAuthError::invalid_grant(detail));
     }
     let policy = st.registry.read().policy(tenant, &caller.name);
     let serves = policy.as_ref().is_some_and(|p| p.serves.contains(&subject.aud));
     if !serves && !may_act_names(subject.may_act.as_ref(), &caller.name) {
-        return Err(OAuthError::invalid_grant(format!(
+        let detail = format!(
             "client {:?} is not an audience of the subject_token ({:?}) and is not named in its may_act",
             caller.name, subject.aud
-        )));
+        );
+        record_exchange_refusal(
+            st,
+            tenant,
+            &caller.name,
+            &subject.sub,
+            asked(),
+            RefusalReason::NotServed,
+            &detail,
+        )
+        .await;
+        return Err(OAuthError::invalid_grant(detail));
     }
     let actor = actor_token
         .map(|t| verified(st, tenant, "actor_token", t, now))
@@ -622,7 +652,16 @@ async fn exchange(st: &AppState, caller: &Caller, tenant: &str, form: &Form) -> 
             ttl_seconds: Some(ttl),
             format: Some(format),
         };
-        record_scope_refusal(st, tenant, &caller.name, &subject.sub, requested, &detail).await;
+        record_exchange_refusal(
+            st,
+            tenant,
+            &caller.name,
+            &subject.sub,
+            requested,
+            RefusalReason::Scope,
+            &detail,
+        )
+        .await;
         let mut e = OAuthError::bad("invalid_scope", detail);
         e.extra.insert("reason".into(), Value::from("scope"));
         return Err(e);

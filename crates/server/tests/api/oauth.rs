@@ -448,7 +448,12 @@ async fn exchange_by_a_caller_that_does_not_serve_the_audience_is_invalid_grant(
         )
         .await;
     assert_oauth_error(&a, StatusCode::BAD_REQUEST, "invalid_grant");
-    assert_eq!(w.app.log_len().await, before, "nothing recorded");
+    assert_eq!(w.app.log_len().await, before + 1, "only the refusal is recorded");
+    let refused = of_type(&w.app, "GrantRefused").await;
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0]["data"]["reason"], "not_served");
+    assert_eq!(refused[0]["data"]["path"], "exchange");
+    assert_eq!(refused[0]["data"]["client_id"], "iss");
 }
 
 #[tokio::test]
@@ -550,7 +555,9 @@ async fn an_exchange_chain_deeper_than_the_limit_is_invalid_grant() {
         .await;
     assert_oauth_error(&a, StatusCode::BAD_REQUEST, "invalid_grant");
     assert!(a.2["error_description"].as_str().unwrap().contains("deep"), "{}", a.2);
-    assert_eq!(w.app.log_len().await, before);
+    assert_eq!(w.app.log_len().await, before + 1, "only the refusal is recorded");
+    let refused = of_type(&w.app, "GrantRefused").await;
+    assert_eq!(refused.last().unwrap()["data"]["reason"], "depth");
     // The first hop from the original is still fine.
     let a = w.exchange(&w.gw, &t0, &[("audience", "api://orders")]).await;
     assert_eq!(a.0, StatusCode::OK, "{}", a.2);
