@@ -44,6 +44,9 @@ use tokenledger_domain::events::{CURRENT_SCHEMA_VERSION, DomainEvent, RequestCon
 use tokenledger_store::{
     CommitHook, EventStore, ExpectedRevision, NewEvent, Position, RecordedEvent, RedbOptions, RedbStore, StreamId,
 };
+use tokenledger_testkit::{
+    TOKIO_THREADS, ThreadTime, WRITER_THREAD, fmt_int, fmt_rate, machine, positive_env, thread_time,
+};
 use tokio::runtime::Runtime;
 use uuid::Uuid;
 
@@ -72,7 +75,7 @@ fn main() {
         .expect("tokio runtime");
 
     println!("# tokenledger append benchmark\n");
-    println!("{}", machine(&std::env::temp_dir()));
+    println!("{}", machine(&std::env::temp_dir(), "temp dir"));
     println!(
         "- BENCH_SCALE {scale}; TokenIssued `data` {} bytes, `metadata` {} bytes, stored record {} bytes (JSON)",
         payload.data_len,
@@ -218,13 +221,7 @@ fn written_bytes() -> u64 {
 
 /// `BENCH_SCALE` (default 1.0), which multiplies both totals.
 fn bench_scale() -> f64 {
-    match std::env::var("BENCH_SCALE") {
-        Err(_) => 1.0,
-        Ok(s) => match s.trim().parse::<f64>() {
-            Ok(v) if v.is_finite() && v > 0.0 => v,
-            _ => panic!("BENCH_SCALE must be a positive number, not {s:?}"),
-        },
-    }
+    positive_env("BENCH_SCALE", 1.0)
 }
 
 /// `base * scale` events rounded to whole appends of `batch`, at least one
@@ -366,7 +363,7 @@ fn run_store(rt: &Runtime, batch: usize, total: usize, payload: &Payload) -> Sto
     let next = Arc::new(AtomicUsize::new(0));
     let content = Arc::new((payload.data.clone(), payload.metadata.clone()));
 
-    let (writer0, tasks0) = (thread_time(WRITER_THREAD), thread_time(TOKIO_THREADS));
+    let (writer0, tasks0) = (thread_time(None, WRITER_THREAD), thread_time(None, TOKIO_THREADS));
     let run = Measured::run(total, || {
         rt.block_on(async {
             let writers: Vec<_> = (0..WRITERS)
@@ -395,8 +392,8 @@ fn run_store(rt: &Runtime, batch: usize, total: usize, payload: &Payload) -> Sto
         })
     });
     let (writer, tasks) = (
-        thread_time(WRITER_THREAD) - writer0,
-        thread_time(TOKIO_THREADS) - tasks0,
+        thread_time(None, WRITER_THREAD) - writer0,
+        thread_time(None, TOKIO_THREADS) - tasks0,
     );
     rt.block_on(store.close());
 
@@ -408,51 +405,6 @@ fn run_store(rt: &Runtime, batch: usize, total: usize, payload: &Payload) -> Sto
         writer,
         tasks,
     }
-}
-
-/// The store's writer thread, by its name as `/proc` shows it (15 bytes).
-const WRITER_THREAD: &str = "tokenledger-wri";
-/// tokio's worker threads.
-const TOKIO_THREADS: &str = "tokio-";
-
-/// Scheduler time of a set of threads, from `/proc/self/task/*/schedstat`.
-#[derive(Debug, Clone, Copy, Default)]
-struct ThreadTime {
-    /// Time running on a CPU.
-    on_cpu: Duration,
-    /// Time runnable but waiting for a CPU.
-    runnable: Duration,
-}
-
-impl std::ops::Sub for ThreadTime {
-    type Output = ThreadTime;
-    fn sub(self, rhs: ThreadTime) -> ThreadTime {
-        ThreadTime {
-            on_cpu: self.on_cpu.saturating_sub(rhs.on_cpu),
-            runnable: self.runnable.saturating_sub(rhs.runnable),
-        }
-    }
-}
-
-/// The summed scheduler time of this process's threads whose name starts
-/// with `prefix` (zero where `/proc` has no schedstat).
-fn thread_time(prefix: &str) -> ThreadTime {
-    let mut sum = ThreadTime::default();
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return sum;
-    };
-    for task in tasks.flatten() {
-        let path = task.path();
-        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-        if !comm.starts_with(prefix) {
-            continue;
-        }
-        let stat = std::fs::read_to_string(path.join("schedstat")).unwrap_or_default();
-        let mut fields = stat.split_whitespace().map(|f| f.parse::<u64>().unwrap_or(0));
-        sum.on_cpu += Duration::from_nanos(fields.next().unwrap_or(0));
-        sum.runnable += Duration::from_nanos(fields.next().unwrap_or(0));
-    }
-    sum
 }
 
 /// The limit: a bare `redb` loop inserting `total` copies of `record`,
@@ -574,55 +526,6 @@ fn temp_dir() -> tempfile::TempDir {
         .prefix("tokenledger-bench-")
         .tempdir()
         .expect("create a temp dir")
-}
-
-/// The machine: cores, CPU model, kernel, and the filesystem holding `dir`.
-fn machine(dir: &Path) -> String {
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown".into());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map_or_else(|_| "unknown".into(), |s| s.trim().to_owned());
-    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
-    // The mount with the longest mount point that contains `dir`.
-    let mount = std::fs::read_to_string("/proc/mounts").ok().and_then(|mounts| {
-        mounts
-            .lines()
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                (f.len() >= 4 && dir.starts_with(f[1]))
-                    .then(|| (f[1].len(), format!("{} on {} type {} ({})", f[0], f[1], f[2], f[3])))
-            })
-            .max_by_key(|(len, _)| *len)
-            .map(|(_, m)| m)
-    });
-    format!(
-        "- machine: {cores} cores (available_parallelism), CPU {cpu}, Linux {kernel}\n- temp dir {} on {}",
-        dir.display(),
-        mount.unwrap_or_else(|| "an unknown filesystem".into())
-    )
-}
-
-fn fmt_int(n: usize) -> String {
-    let digits = n.to_string();
-    let groups: Vec<&str> = digits
-        .as_bytes()
-        .rchunks(3)
-        .rev()
-        .map(|g| std::str::from_utf8(g).expect("ASCII digits"))
-        .collect();
-    groups.join(",")
-}
-
-fn fmt_rate(r: f64) -> String {
-    fmt_int(r.round() as usize)
 }
 
 fn fmt_bytes(b: f64) -> String {

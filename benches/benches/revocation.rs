@@ -26,23 +26,15 @@
 //!
 //! Run: `cargo bench -p tokenledger-benches --bench revocation`.
 
-use std::ffi::OsString;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use common::{AUDIENCE, SCOPE, setup, start_server};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
+use tokenledger_testkit::{Statuses, request};
 use tokenledger_validator::{Reason, Validator, ValidatorOptions};
 
-const BOOTSTRAP: &str = "bench-bootstrap-secret-0123456789abcdef0123";
-const TENANT: &str = "bench";
-const ISSUER: &str = "bench-issuer";
-const VALIDATOR: &str = "bench-validator";
-const AUDIENCE: &str = "api://orders";
-const SCOPE: &str = "orders:read";
-/// How long the server may take to become ready.
-const PATIENCE: Duration = Duration::from_secs(60);
 /// How long one revocation may take to be refused before it counts as missed.
 const GIVE_UP: Duration = Duration::from_secs(10);
 /// The design's goal.
@@ -54,13 +46,12 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let bin = binary();
-    let server = Server::start(&bin);
+    let server = start_server("tokenledger-bench-revocation-");
     let base = server.base();
     println!("# revocation → refused by a validator following the block-list feed\n");
     println!(
         "- server: {} (pid {}), {base}; {n} revocations, one at a time, after a pause of 50-250 ms each",
-        bin.display(),
+        server.bin().display(),
         server.pid()
     );
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -133,13 +124,16 @@ async fn run(base: &str, n: usize) -> Run {
         missed: 0,
     };
     for i in 0..n {
-        let minted = call(
+        let minted = request(
             &http,
             reqwest::Method::POST,
-            format!("{base}/v1/tokens"),
+            &format!("{base}/v1/tokens"),
             &creds.issuer,
-            &json!({"subject": format!("user-{i}"), "audience": AUDIENCE, "scope": SCOPE,
+            Some(
+                &json!({"subject": format!("user-{i}"), "audience": AUDIENCE, "scope": SCOPE,
                     "ttl_seconds": 600, "format": "v4.public"}),
+            ),
+            Statuses::Success,
         )
         .await;
         let token = minted["token"].as_str().expect("a token").to_owned();
@@ -179,12 +173,13 @@ async fn run(base: &str, n: usize) -> Run {
             })
         };
         let sent = Instant::now();
-        call(
+        request(
             &http,
             reqwest::Method::POST,
-            format!("{base}/v1/revocations"),
+            &format!("{base}/v1/revocations"),
             &creds.admin,
-            &json!({"token_id": token_id, "reason": "revocation bench"}),
+            Some(&json!({"token_id": token_id, "reason": "revocation bench"})),
+            Statuses::Success,
         )
         .await;
         let answered = Instant::now();
@@ -236,206 +231,3 @@ fn pct(v: &[f64], p: f64) -> f64 {
 }
 
 // ---------------------------------------------------------------- the server
-
-/// The `tokenledger` binary: `TOKENLEDGER_BIN`, or a release build.
-fn binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("TOKENLEDGER_BIN") {
-        let p = PathBuf::from(p);
-        assert!(p.is_file(), "TOKENLEDGER_BIN={} is not a file", p.display());
-        return p;
-    }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
-    let workspace = env!("CARGO_MANIFEST_DIR");
-    let status = Command::new(&cargo)
-        .current_dir(workspace)
-        .args([
-            "build",
-            "-q",
-            "--release",
-            "-p",
-            "tokenledger-server",
-            "--bin",
-            "tokenledger",
-        ])
-        .status()
-        .expect("running cargo build");
-    assert!(status.success(), "cargo build of tokenledger failed: {status}");
-    let meta = Command::new(&cargo)
-        .current_dir(workspace)
-        .args(["metadata", "--format-version", "1", "--no-deps"])
-        .output()
-        .expect("running cargo metadata");
-    assert!(meta.status.success(), "cargo metadata failed: {}", meta.status);
-    let meta: Value = serde_json::from_slice(&meta.stdout).expect("cargo metadata JSON");
-    let target = meta["target_directory"]
-        .as_str()
-        .expect("target_directory in cargo metadata");
-    let exe = Path::new(target)
-        .join("release")
-        .join(format!("tokenledger{}", std::env::consts::EXE_SUFFIX));
-    assert!(exe.is_file(), "no binary at {}", exe.display());
-    exe
-}
-
-/// A `tokenledger serve` process on a loopback port with a temp data dir;
-/// dropping it kills the process.
-struct Server {
-    tmp: tempfile::TempDir,
-    child: Child,
-    port: u16,
-}
-
-impl Server {
-    fn start(bin: &Path) -> Server {
-        let tmp = tempfile::Builder::new()
-            .prefix("tokenledger-bench-revocation-")
-            .tempdir()
-            .expect("temp dir");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free loopback port")
-            .port();
-        let log = std::fs::File::create(tmp.path().join("server.log")).expect("server log file");
-        let child = Command::new(bin)
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(tmp.path().join("data"))
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .env("TOKENLEDGER_BOOTSTRAP_TOKEN", BOOTSTRAP)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log handle"))
-            .stderr(log)
-            .spawn()
-            .expect("spawning tokenledger");
-        let mut s = Server { tmp, child, port };
-        s.wait_ready();
-        s
-    }
-
-    fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn wait_ready(&mut self) {
-        let t0 = Instant::now();
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("tokenledger exited with {status} before it was ready:\n{}", self.log());
-            }
-            if raw_get_status(self.port, "/readyz") == Some(200) {
-                return;
-            }
-            assert!(
-                t0.elapsed() < PATIENCE,
-                "/readyz not 200 within {PATIENCE:?}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.tmp.path().join("server.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The status of a plain `GET path` on the loopback port (no async runtime).
-fn raw_get_status(port: u16, path: &str) -> Option<u16> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
-    let mut head = [0u8; 12];
-    s.read_exact(&mut head).ok()?;
-    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
-}
-
-/// One request that must answer 2xx; the JSON body.
-async fn call(http: &reqwest::Client, method: reqwest::Method, url: String, token: &str, body: &Value) -> Value {
-    let resp = http
-        .request(method.clone(), &url)
-        .bearer_auth(token)
-        .json(body)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap_or_default();
-    assert!((200..300).contains(&status), "{method} {url} -> {status} {text}");
-    serde_json::from_str(&text).unwrap_or(Value::Null)
-}
-
-/// The secrets of the principals the bench uses.
-struct Creds {
-    admin: String,
-    issuer: String,
-    validator: String,
-}
-
-/// Tenant `bench`: its admin, an issuer allowed `v4.public` for
-/// `api://orders`, and a validator.
-async fn setup(base: &str) -> Creds {
-    let http = reqwest::Client::new();
-    let post = reqwest::Method::POST;
-    let principals = format!("{base}/v1/principals");
-    let secret = |v: Value| v["secret"].as_str().expect("a secret").to_owned();
-    let admin = secret(
-        call(
-            &http,
-            post.clone(),
-            principals.clone(),
-            BOOTSTRAP,
-            &json!({"name": "bench-admin", "role": "admin", "tenant": TENANT}),
-        )
-        .await,
-    );
-    let issuer = secret(
-        call(
-            &http,
-            post.clone(),
-            principals.clone(),
-            &admin,
-            &json!({"name": ISSUER, "role": "issuer"}),
-        )
-        .await,
-    );
-    let validator = secret(
-        call(
-            &http,
-            post,
-            principals,
-            &admin,
-            &json!({"name": VALIDATOR, "role": "validator"}),
-        )
-        .await,
-    );
-    call(
-        &http,
-        reqwest::Method::PUT,
-        format!("{base}/v1/clients/{ISSUER}/policy"),
-        &admin,
-        &json!({
-            "audiences": {AUDIENCE: {"scopes": [SCOPE], "max_ttl_seconds": 3600}},
-            "formats": ["v4.public"],
-        }),
-    )
-    .await;
-    Creds {
-        admin,
-        issuer,
-        validator,
-    }
-}

@@ -32,10 +32,9 @@
 //! (`BENCH_SECONDS=1 cargo bench -p tokenledger-benches --bench tokens` for
 //! a quick run). At the default it runs for about 1.5 minutes.
 
-use std::ffi::OsString;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use common::{AUDIENCE, ISSUER, SCOPE, TENANT, setup, start_server};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -45,6 +44,10 @@ use serde_json::{Value, json};
 use tokenledger_domain::Metadata;
 use tokenledger_domain::events::{CURRENT_SCHEMA_VERSION, DomainEvent, KeyPurpose, TokenFormat, TokenIssued};
 use tokenledger_store::{EventStore, ExpectedRevision, NewEvent, RedbOptions, RedbStore, StreamId};
+use tokenledger_testkit::{
+    Secrets as Creds, Server, Statuses, TOKIO_THREADS, ThreadTime, WRITER_THREAD, fmt_rate, machine, positive_env,
+    request, thread_time,
+};
 use tokenledger_tokens::keys::{self, GeneratedKey};
 use tokenledger_tokens::paseto::{self, TokenClaims};
 use uuid::Uuid;
@@ -55,17 +58,8 @@ const CONCURRENCY: [usize; 3] = [1, 16, 64];
 const TARGET_AT: usize = 64;
 /// Warm-up before every measurement.
 const WARM_UP: Duration = Duration::from_millis(500);
-/// The bootstrap secret the server starts with (≥ 32 bytes).
-const BOOTSTRAP: &str = "bench-bootstrap-secret-0123456789abcdef0123";
-const TENANT: &str = "bench";
-const ISSUER: &str = "bench-issuer";
-const VALIDATOR: &str = "bench-validator";
-const AUDIENCE: &str = "api://orders";
-const SCOPE: &str = "orders:read";
 /// Pre-minted tokens the verify clients cycle through.
 const POOL: usize = 1024;
-/// How long the server may take to become ready.
-const PATIENCE: Duration = Duration::from_secs(60);
 
 fn main() {
     let seconds = bench_seconds();
@@ -76,14 +70,24 @@ fn main() {
         .build()
         .expect("tokio runtime");
 
-    let bin = binary();
-    let server = Server::start(&bin);
+    let server = start_server("tokenledger-bench-server-");
     let creds = rt.block_on(setup(&server.base()));
     let pool = Arc::new(rt.block_on(premint(&server.base(), &creds.issuer)));
 
     println!("# tokenledger mint / verify benchmark\n");
-    println!("{}", machine(&std::env::temp_dir()));
-    println!("- server: {} (pid {}), {}", bin.display(), server.pid(), server.base());
+    println!(
+        "{}",
+        machine(
+            &std::env::temp_dir(),
+            "temp dir (server data dir and bare append store)"
+        )
+    );
+    println!(
+        "- server: {} (pid {}), {}",
+        server.bin().display(),
+        server.pid(),
+        server.base()
+    );
     println!(
         "- {seconds} s per measurement after {} s warm-up; HTTP/1.1 keep-alive, one connection per client; \
          bare sign/verify on min(concurrency, {cores}) threads\n",
@@ -252,214 +256,10 @@ struct Row {
 
 /// `BENCH_SECONDS` (default 3).
 fn bench_seconds() -> f64 {
-    match std::env::var("BENCH_SECONDS") {
-        Err(_) => 3.0,
-        Ok(s) => match s.trim().parse::<f64>() {
-            Ok(v) if v.is_finite() && v > 0.0 => v,
-            _ => panic!("BENCH_SECONDS must be a positive number, not {s:?}"),
-        },
-    }
+    positive_env("BENCH_SECONDS", 3.0)
 }
 
 // ---------------------------------------------------------------- the server
-
-/// The `tokenledger` binary: `TOKENLEDGER_BIN`, or a release build.
-fn binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("TOKENLEDGER_BIN") {
-        let p = PathBuf::from(p);
-        assert!(p.is_file(), "TOKENLEDGER_BIN={} is not a file", p.display());
-        return p;
-    }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
-    let workspace = env!("CARGO_MANIFEST_DIR");
-    let status = Command::new(&cargo)
-        .current_dir(workspace)
-        .args([
-            "build",
-            "-q",
-            "--release",
-            "-p",
-            "tokenledger-server",
-            "--bin",
-            "tokenledger",
-        ])
-        .status()
-        .expect("running cargo build");
-    assert!(status.success(), "cargo build of tokenledger failed: {status}");
-    let meta = Command::new(&cargo)
-        .current_dir(workspace)
-        .args(["metadata", "--format-version", "1", "--no-deps"])
-        .output()
-        .expect("running cargo metadata");
-    assert!(meta.status.success(), "cargo metadata failed: {}", meta.status);
-    let meta: Value = serde_json::from_slice(&meta.stdout).expect("cargo metadata JSON");
-    let target = meta["target_directory"]
-        .as_str()
-        .expect("target_directory in cargo metadata");
-    let exe = Path::new(target)
-        .join("release")
-        .join(format!("tokenledger{}", std::env::consts::EXE_SUFFIX));
-    assert!(exe.is_file(), "no binary at {}", exe.display());
-    exe
-}
-
-/// A `tokenledger serve` process on a loopback port with a temp data dir;
-/// dropping it kills the process.
-struct Server {
-    tmp: tempfile::TempDir,
-    child: Child,
-    port: u16,
-}
-
-impl Server {
-    fn start(bin: &Path) -> Server {
-        let tmp = tempfile::Builder::new()
-            .prefix("tokenledger-bench-server-")
-            .tempdir()
-            .expect("temp dir");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free loopback port")
-            .port();
-        let log = std::fs::File::create(tmp.path().join("server.log")).expect("server log file");
-        let child = Command::new(bin)
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(tmp.path().join("data"))
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .env("TOKENLEDGER_BOOTSTRAP_TOKEN", BOOTSTRAP)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log handle"))
-            .stderr(log)
-            .spawn()
-            .expect("spawning tokenledger");
-        let mut s = Server { tmp, child, port };
-        s.wait_ready();
-        s
-    }
-
-    fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn wait_ready(&mut self) {
-        let t0 = Instant::now();
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("tokenledger exited with {status} before it was ready:\n{}", self.log());
-            }
-            if raw_get_status(self.port, "/readyz") == Some(200) {
-                return;
-            }
-            assert!(
-                t0.elapsed() < PATIENCE,
-                "/readyz not 200 within {PATIENCE:?}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.tmp.path().join("server.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The status of a plain `GET path` on the loopback port (no async runtime).
-fn raw_get_status(port: u16, path: &str) -> Option<u16> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
-    let mut head = [0u8; 12];
-    s.read_exact(&mut head).ok()?;
-    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
-}
-
-/// The secrets of the principals the bench uses.
-struct Creds {
-    issuer: String,
-    validator: String,
-}
-
-/// One request during setup that must answer one of `ok`.
-async fn call(http: &reqwest::Client, method: reqwest::Method, url: String, token: &str, body: &Value) -> Value {
-    let resp = http
-        .request(method.clone(), &url)
-        .bearer_auth(token)
-        .json(body)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap_or_default();
-    assert!((200..300).contains(&status), "{method} {url} -> {status} {text}");
-    serde_json::from_str(&text).unwrap_or(Value::Null)
-}
-
-/// Tenant `bench`: its admin, an issuer allowed v4.public for
-/// `api://orders` (`orders:read`, ≤ 3600 s), and a validator.
-async fn setup(base: &str) -> Creds {
-    let http = reqwest::Client::new();
-    let post = reqwest::Method::POST;
-    let principals = format!("{base}/v1/principals");
-    let secret = |v: Value| v["secret"].as_str().expect("a secret").to_owned();
-    let admin = secret(
-        call(
-            &http,
-            post.clone(),
-            principals.clone(),
-            BOOTSTRAP,
-            &json!({"name": "bench-admin", "role": "admin", "tenant": TENANT}),
-        )
-        .await,
-    );
-    let issuer = secret(
-        call(
-            &http,
-            post.clone(),
-            principals.clone(),
-            &admin,
-            &json!({"name": ISSUER, "role": "issuer"}),
-        )
-        .await,
-    );
-    let validator = secret(
-        call(
-            &http,
-            post,
-            principals,
-            &admin,
-            &json!({"name": VALIDATOR, "role": "validator"}),
-        )
-        .await,
-    );
-    call(
-        &http,
-        reqwest::Method::PUT,
-        format!("{base}/v1/clients/{ISSUER}/policy"),
-        &admin,
-        &json!({
-            "audiences": {AUDIENCE: {"scopes": [SCOPE], "max_ttl_seconds": 3600}},
-            "formats": ["v4.public"],
-        }),
-    )
-    .await;
-    Creds { issuer, validator }
-}
 
 /// [`POOL`] tokens minted over HTTP (16 at a time), valid for an hour.
 async fn premint(base: &str, issuer: &str) -> Vec<String> {
@@ -473,7 +273,17 @@ async fn premint(base: &str, issuer: &str) -> Vec<String> {
                     "subject": format!("pool-{}", chunk * 16 + i), "audience": AUDIENCE, "scope": SCOPE,
                     "ttl_seconds": 3600, "format": "v4.public",
                 });
-                tokio::spawn(async move { call(&http, reqwest::Method::POST, url, &issuer, &body).await })
+                tokio::spawn(async move {
+                    request(
+                        &http,
+                        reqwest::Method::POST,
+                        &url,
+                        &issuer,
+                        Some(&body),
+                        Statuses::Success,
+                    )
+                    .await
+                })
             })
             .collect();
         for h in handles {
@@ -872,41 +682,6 @@ async fn append_loop(c: usize, measure: Duration, shape: Arc<IssuedShape>) -> Ti
 
 // ------------------------------------------------------------ CPU accounting
 
-/// Scheduler time of a set of threads.
-#[derive(Debug, Clone, Copy, Default)]
-struct ThreadTime {
-    /// Running on a CPU.
-    on_cpu: Duration,
-    /// Runnable, waiting for a CPU.
-    runnable: Duration,
-}
-
-impl std::ops::Sub for ThreadTime {
-    type Output = ThreadTime;
-    fn sub(self, rhs: ThreadTime) -> ThreadTime {
-        ThreadTime {
-            on_cpu: self.on_cpu.saturating_sub(rhs.on_cpu),
-            runnable: self.runnable.saturating_sub(rhs.runnable),
-        }
-    }
-}
-
-impl std::ops::Add for ThreadTime {
-    type Output = ThreadTime;
-    fn add(self, rhs: ThreadTime) -> ThreadTime {
-        ThreadTime {
-            on_cpu: self.on_cpu + rhs.on_cpu,
-            runnable: self.runnable + rhs.runnable,
-        }
-    }
-}
-
-/// tokio's worker threads (`tokio-rt-worker`, or `tokio-runtime-worker` in
-/// older versions), as `/proc` names them.
-const TOKIO_THREADS: &str = "tokio-";
-/// The store's writer thread, `tokenledger-writer` cut to 15 bytes.
-const WRITER_THREAD: &str = "tokenledger-wri";
-
 /// CPU time so far: the server's tokio workers, its store writer and its
 /// other threads; this process's tokio workers, store writer (the bare
 /// append loop) and all its threads; and the whole machine's busy time.
@@ -973,77 +748,7 @@ fn machine_busy() -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
-/// Summed scheduler time of the threads of `pid` (this process for `None`)
-/// whose name starts with `prefix`, from `/proc/*/task/*/schedstat`.
-fn thread_time(pid: Option<u32>, prefix: &str) -> ThreadTime {
-    let dir = match pid {
-        Some(p) => format!("/proc/{p}/task"),
-        None => "/proc/self/task".to_owned(),
-    };
-    let mut sum = ThreadTime::default();
-    let Ok(tasks) = std::fs::read_dir(dir) else {
-        return sum;
-    };
-    for task in tasks.flatten() {
-        let path = task.path();
-        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-        if !comm.starts_with(prefix) {
-            continue;
-        }
-        let stat = std::fs::read_to_string(path.join("schedstat")).unwrap_or_default();
-        let mut fields = stat.split_whitespace().map(|f| f.parse::<u64>().unwrap_or(0));
-        sum.on_cpu += Duration::from_nanos(fields.next().unwrap_or(0));
-        sum.runnable += Duration::from_nanos(fields.next().unwrap_or(0));
-    }
-    sum
-}
-
 // -------------------------------------------------------------- formatting
-
-/// The machine: cores, CPU model, kernel, and the filesystem holding `dir`.
-fn machine(dir: &Path) -> String {
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown".into());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map_or_else(|_| "unknown".into(), |s| s.trim().to_owned());
-    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
-    let mount = std::fs::read_to_string("/proc/mounts").ok().and_then(|mounts| {
-        mounts
-            .lines()
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                (f.len() >= 4 && dir.starts_with(f[1]))
-                    .then(|| (f[1].len(), format!("{} on {} type {} ({})", f[0], f[1], f[2], f[3])))
-            })
-            .max_by_key(|(len, _)| *len)
-            .map(|(_, m)| m)
-    });
-    format!(
-        "- machine: {cores} cores (available_parallelism), CPU {cpu}, Linux {kernel}\n\
-         - temp dir (server data dir and bare append store) {} on {}",
-        dir.display(),
-        mount.unwrap_or_else(|| "an unknown filesystem".into())
-    )
-}
-
-fn fmt_rate(r: f64) -> String {
-    let digits = (r.round() as u64).to_string();
-    let groups: Vec<&str> = digits
-        .as_bytes()
-        .rchunks(3)
-        .rev()
-        .map(|g| std::str::from_utf8(g).expect("ASCII digits"))
-        .collect();
-    groups.join(",")
-}
 
 fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1e3)

@@ -4,7 +4,7 @@
 //! acknowledged append is present exactly once, at the position it was
 //! acknowledged with, and positions stay ordered.
 
-use crate::harness::{Api, Server, heavy, setup};
+use crate::harness::{Api, heavy, setup, start_server};
 use crate::load::{Load, Outcome, Record, ack_positions, check_log, tally};
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,7 @@ async fn acknowledged_appends_survive_kill_9_under_load() {
     // byte, `issued_at` included, possibly more than the allowed clock skew
     // later: a retry of a recorded append is still answered with its
     // original result.
-    let mut server = Server::start(&["--clock-skew-seconds", "5"]).await;
+    let mut server = start_server(&["--clock-skew-seconds", "5"]).await;
     let tenant = setup(&server).await;
     let mut records: Vec<Record> = Vec::new();
     let mut unknown_committed = 0;

@@ -7,7 +7,8 @@
 //!
 //! A test target can name a binary with `env!("CARGO_BIN_EXE_…")` only in the
 //! binary's own package, and `tokenledger` lives in `tokenledger-server`. So
-//! [`harness::binary`] finds it at run time, once per test process:
+//! [`tokenledger_testkit::binary`] finds it at run time, once per test
+//! process:
 //!
 //! 1. `TOKENLEDGER_BIN`, if set, is the path of the binary to test (nothing
 //!    is built);
@@ -21,9 +22,10 @@
 //!
 //! # What is here
 //!
-//! * [`harness`]: the [`harness::Server`] (start on a free port with a
-//!   temporary data dir, wait for `/readyz`, `kill -9`, SIGTERM, restart on
-//!   the same data dir), an HTTP client and the event builders;
+//! * [`harness`]: the [`harness::Server`] of `tokenledger-testkit` (start on
+//!   a free port with a temporary data dir, wait for `/readyz`, `kill -9`,
+//!   SIGTERM, restart on the same data dir), the tenant setup, an HTTP
+//!   client and the event builders;
 //! * [`load`]: concurrent appending clients that record what the server
 //!   acknowledged, and the check of `$all` against those records;
 //! * [`crash`]: acknowledged appends survive `kill -9` under load;

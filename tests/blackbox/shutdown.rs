@@ -3,7 +3,7 @@
 //! acknowledged append is there after a restart, and requests that meet the
 //! shutdown get a connection error or 503, never another 5xx.
 
-use crate::harness::{Api, PATIENCE, Server, heavy, setup};
+use crate::harness::{Api, PATIENCE, heavy, setup, start_server};
 use crate::load::{Load, Outcome, check_log, tally};
 use std::time::{Duration, Instant};
 
@@ -12,7 +12,7 @@ const CLIENTS: usize = 16;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_appends_and_exits_zero() {
     let _heavy = heavy().await;
-    let mut server = Server::start(&[]).await;
+    let mut server = start_server(&[]).await;
     let tenant = setup(&server).await;
     let load = Load::start(server.base(), &tenant.issuer, CLIENTS, 1);
     load.run_for(Duration::from_millis(1500), CLIENTS).await;

@@ -8,11 +8,10 @@
 //! does). It listens on a free loopback port with a temp data dir.
 
 use serde_json::{Value, json};
-use std::ffi::OsString;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use tokenledger_testkit::{
+    Options, Profile, Secrets as Creds, Server, Statuses, TenantSpec, issuer_and_validator, request,
+};
 use tokenledger_validator::{LocalVerdict, Reason, RequestContext, Validator, ValidatorOptions};
 
 const BOOTSTRAP: &str = "validator-test-bootstrap-secret-0123456789";
@@ -23,199 +22,31 @@ const AUDIENCE: &str = "api://orders";
 /// How long a change may take to show (generous: shared machine, debug build).
 const PATIENCE: Duration = Duration::from_secs(10);
 
-fn binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("TOKENLEDGER_BIN") {
-        let p = PathBuf::from(p);
-        assert!(p.is_file(), "TOKENLEDGER_BIN={} is not a file", p.display());
-        return p;
-    }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
-    let dir = env!("CARGO_MANIFEST_DIR");
-    let release = !cfg!(debug_assertions);
-    let mut build = Command::new(&cargo);
-    build
-        .current_dir(dir)
-        .args(["build", "-q", "-p", "tokenledger-server", "--bin", "tokenledger"]);
-    if release {
-        build.arg("--release");
-    }
-    let status = build.status().expect("running cargo build");
-    assert!(status.success(), "cargo build of tokenledger failed: {status}");
-    let meta = Command::new(&cargo)
-        .current_dir(dir)
-        .args(["metadata", "--format-version", "1", "--no-deps"])
-        .output()
-        .expect("running cargo metadata");
-    assert!(meta.status.success(), "cargo metadata failed: {}", meta.status);
-    let meta: Value = serde_json::from_slice(&meta.stdout).expect("cargo metadata JSON");
-    let target = meta["target_directory"].as_str().expect("target_directory");
-    let exe = Path::new(target)
-        .join(if release { "release" } else { "debug" })
-        .join(format!("tokenledger{}", std::env::consts::EXE_SUFFIX));
-    assert!(exe.is_file(), "no binary at {}", exe.display());
-    exe
-}
-
-/// A `tokenledger serve` process on a fixed loopback port; dropping it
-/// kills the process.
-struct Server {
-    tmp: tempfile::TempDir,
-    bin: PathBuf,
-    child: Option<Child>,
-    port: u16,
-}
-
-impl Server {
-    async fn start() -> Server {
-        let bin = tokio::task::spawn_blocking(binary).await.expect("locating the binary");
-        let tmp = tempfile::Builder::new()
-            .prefix("tl-validator-")
-            .tempdir()
-            .expect("temp dir");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let mut s = Server {
-            tmp,
-            bin,
-            child: None,
-            port,
-        };
-        s.launch().await;
-        s
-    }
-
-    /// Spawns the process on the data dir and port, and waits for readiness.
-    async fn launch(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.tmp.path().join("server.log"))
-            .expect("log file");
-        let child = Command::new(&self.bin)
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(self.tmp.path().join("data"))
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{}", self.port))
-            .env("TOKENLEDGER_BOOTSTRAP_TOKEN", BOOTSTRAP)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log handle"))
-            .stderr(log)
-            .spawn()
-            .expect("spawning tokenledger");
-        self.child = Some(child);
-        let http = reqwest::Client::new();
-        let t0 = Instant::now();
-        loop {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                panic!("tokenledger exited with {status}:\n{}", self.log());
-            }
-            if let Ok(r) = http.get(format!("{}/readyz", self.base())).send().await
-                && r.status() == 200
-            {
-                return;
-            }
-            assert!(t0.elapsed() < Duration::from_secs(60), "not ready:\n{}", self.log());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// `kill -9`, then reaps it.
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.tmp.path().join("server.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// Starts the binary (built in this test's profile) on a free loopback port
+/// with a temp data dir.
+async fn start_server() -> Server {
+    let profile = Profile::matching(cfg!(debug_assertions));
+    Server::start(Options::new(profile, BOOTSTRAP, "tl-validator-")).await
 }
 
 /// One request that must answer 2xx; the JSON body.
 async fn call(http: &reqwest::Client, method: reqwest::Method, url: String, token: &str, body: Option<Value>) -> Value {
-    let mut rb = http.request(method.clone(), &url).bearer_auth(token);
-    if let Some(b) = body {
-        rb = rb.json(&b);
-    }
-    let resp = rb.send().await.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap_or_default();
-    assert!((200..300).contains(&status), "{method} {url} -> {status} {text}");
-    serde_json::from_str(&text).unwrap_or(Value::Null)
-}
-
-struct Creds {
-    admin: String,
-    issuer: String,
-    validator: String,
+    request(http, method, &url, token, body.as_ref(), Statuses::Success).await
 }
 
 async fn setup(base: &str) -> Creds {
-    let http = reqwest::Client::new();
-    let post = reqwest::Method::POST;
-    let url = format!("{base}/v1/principals");
-    let secret = |v: Value| v["secret"].as_str().expect("a secret").to_owned();
-    let admin = secret(
-        call(
-            &http,
-            post.clone(),
-            url.clone(),
-            BOOTSTRAP,
-            Some(json!({"name": "admin", "role": "admin", "tenant": TENANT})),
-        )
-        .await,
-    );
-    let issuer = secret(
-        call(
-            &http,
-            post.clone(),
-            url.clone(),
-            &admin,
-            Some(json!({"name": ISSUER, "role": "issuer"})),
-        )
-        .await,
-    );
-    let validator = secret(
-        call(
-            &http,
-            post,
-            url,
-            &admin,
-            Some(json!({"name": VALIDATOR, "role": "validator"})),
-        )
-        .await,
-    );
-    call(
-        &http,
-        reqwest::Method::PUT,
-        format!("{base}/v1/clients/{ISSUER}/policy"),
-        &admin,
-        Some(json!({
+    let spec = TenantSpec {
+        bootstrap: BOOTSTRAP,
+        tenant: TENANT,
+        admin: "admin",
+        issuer: ISSUER,
+        validator: VALIDATOR,
+        policy: json!({
             "audiences": {AUDIENCE: {"scopes": ["orders:read"], "max_ttl_seconds": 3600}},
             "formats": ["v4.public", "v4.local"],
-        })),
-    )
-    .await;
-    Creds {
-        admin,
-        issuer,
-        validator,
-    }
+        }),
+    };
+    issuer_and_validator(&reqwest::Client::new(), base, &spec).await
 }
 
 /// Mints a token; answers `{"token", "token_id", "kid", …}`.
@@ -278,7 +109,7 @@ async fn uses(base: &str, admin: &str) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revocation_reaches_the_local_block_list_and_uses_reach_the_ledger() {
-    let server = Server::start().await;
+    let server = start_server().await;
     let base = server.base();
     let creds = setup(&base).await;
     let a = mint(&base, &creds.issuer, "alice", "v4.public").await;
@@ -466,7 +297,7 @@ async fn connect_refuses_bad_arguments_and_unreachable_ledgers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_feed_reconnects_after_the_ledger_restarts() {
-    let mut server = Server::start().await;
+    let mut server = start_server().await;
     let base = server.base();
     let creds = setup(&base).await;
     let a = mint(&base, &creds.issuer, "alice", "v4.public").await;
@@ -494,7 +325,7 @@ async fn the_feed_reconnects_after_the_ledger_restarts() {
     assert!(v.stats().feed_lag > Duration::ZERO, "{:?}", v.stats());
 
     // Back on the same port and data dir: the feed resumes where it was.
-    server.launch().await;
+    server.restart_on_same_port().await;
     call(
         &reqwest::Client::new(),
         reqwest::Method::POST,
