@@ -483,17 +483,7 @@ async fn record_exchange_refusal(
         detail: detail.to_owned(),
         cutoff_id: None,
     };
-    if let Err(e) = super::record_server_event(
-        st,
-        tenant,
-        client,
-        &format!("refusals-{client}"),
-        DomainEvent::GrantRefused(record),
-    )
-    .await
-    {
-        tracing::error!(error = %e, "could not record a refused exchange");
-    }
+    super::tokens::record_refusal(st, tenant, record).await;
 }
 
 /// RFC 8693 token exchange: a narrower token for the subject of

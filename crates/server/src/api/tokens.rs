@@ -110,18 +110,19 @@ pub(crate) async fn police_grant(
         detail: refusal.detail.clone(),
         cutoff_id: None,
     };
-    if let Err(e) = super::record_server_event(
-        st,
-        tenant,
-        client,
-        &format!("refusals-{client}"),
-        DomainEvent::GrantRefused(record),
-    )
-    .await
-    {
-        tracing::error!(error = %e, "could not record a refused grant");
-    }
+    record_refusal(st, tenant, record).await;
     Err(refusal)
+}
+
+/// Records a refused grant on the client's `refusals-<client>` stream. The
+/// refusal stands whether or not its record could be written; a failure is
+/// logged.
+pub(crate) async fn record_refusal(st: &AppState, tenant: &str, record: GrantRefused) {
+    let client = record.client_id.clone();
+    let stream = format!("refusals-{client}");
+    if let Err(e) = super::record_server_event(st, tenant, &client, &stream, DomainEvent::GrantRefused(record)).await {
+        tracing::error!(error = %e, client = %client, "could not record a refused grant");
+    }
 }
 
 /// The 403 of a refused grant.
