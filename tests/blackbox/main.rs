@@ -29,7 +29,10 @@
 //! * [`load`]: concurrent appending clients that record what the server
 //!   acknowledged, and the check of `$all` against those records;
 //! * [`crash`]: acknowledged appends survive `kill -9` under load;
-//! * [`shutdown`]: SIGTERM drains in-flight requests and exits 0.
+//! * [`shutdown`]: SIGTERM drains in-flight requests and exits 0;
+//! * [`rebuild`]: a restart resumes the views from the checkpoint SIGTERM
+//!   wrote, and `tokenledger rebuild --verify` finds them equal to a
+//!   rebuild from position 0.
 //!
 //! None of the tests asserts on wall-clock time: they only wait (for
 //! readiness, for an exit) with generous limits.
@@ -37,4 +40,5 @@
 mod crash;
 mod harness;
 mod load;
+mod rebuild;
 mod shutdown;

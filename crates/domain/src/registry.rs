@@ -6,11 +6,13 @@
 
 use crate::events::{ClientPolicySet, DomainEvent};
 use crate::role::Role;
-use std::collections::HashMap;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 /// A principal as the registry knows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PrincipalRecord {
     /// Its tenant.
     pub tenant: String,
@@ -21,6 +23,7 @@ pub struct PrincipalRecord {
     /// The current credential id.
     pub secret_id: String,
     /// SHA-256 of the current credential's random part.
+    #[serde(with = "hex32")]
     pub secret_hash: [u8; 32],
     /// Disabled principals authenticate as nobody.
     pub disabled: bool,
@@ -35,10 +38,42 @@ pub struct Registry {
     policies: HashMap<(String, String), Arc<ClientPolicySet>>,
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct TenantRecord {
     admins: usize,
     had_admin: bool,
+}
+
+/// A [`Registry`] as it is written into a snapshot: every map as a list in
+/// sorted order. It holds the principals' secret hashes, so a snapshot file
+/// is as private as the ledger.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegistrySnapshot {
+    tenants: Vec<(String, TenantRecord)>,
+    principals: Vec<PrincipalRecord>,
+    by_secret_id: Vec<(String, String, String)>,
+    policies: Vec<(String, ClientPolicySet)>,
+}
+
+/// `[u8; 32]` as 64 hex digits.
+mod hex32 {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::to_hex(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let text = String::deserialize(d)?;
+        if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(D::Error::custom("expected 64 hex digits"));
+        }
+        Ok(super::parse_hash(&text))
+    }
+}
+
+fn to_hex(v: &[u8; 32]) -> String {
+    v.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Registry {
@@ -137,6 +172,95 @@ impl Registry {
     pub fn policy(&self, tenant: &str, client_id: &str) -> Option<Arc<ClientPolicySet>> {
         self.policies.get(&(tenant.to_owned(), client_id.to_owned())).cloned()
     }
+
+    /// The registry as one JSON value with sorted keys, free of hash order,
+    /// restricted to one tenant when `tenant` is given: a live registry and
+    /// a rebuilt one at the same position give the same value. Secret
+    /// hashes are left out (a dump can be shared); a rotation shows as a
+    /// new `secret_id`.
+    pub fn canonical(&self, tenant: Option<&str>) -> Value {
+        let mine = |t: &str| tenant.is_none_or(|x| x == t);
+        let tenants: BTreeMap<&str, Value> = self
+            .tenants
+            .iter()
+            .filter(|(t, _)| mine(t))
+            .map(|(t, r)| (t.as_str(), json!({"admins": r.admins, "had_admin": r.had_admin})))
+            .collect();
+        let principals: BTreeMap<String, Value> = self
+            .principals
+            .values()
+            .filter(|p| mine(&p.tenant))
+            .map(|p| {
+                (
+                    format!("{}/{}", p.tenant, p.name),
+                    json!({"role": p.role, "secret_id": p.secret_id, "disabled": p.disabled}),
+                )
+            })
+            .collect();
+        let by_secret_id: BTreeMap<&str, String> = self
+            .by_secret_id
+            .iter()
+            .filter(|(_, (t, _))| mine(t))
+            .map(|(id, (t, n))| (id.as_str(), format!("{t}/{n}")))
+            .collect();
+        let policies: BTreeMap<String, Value> = self
+            .policies
+            .iter()
+            .filter(|((t, _), _)| mine(t))
+            .map(|((t, c), p)| (format!("{t}/{c}"), serde_json::to_value(&**p).unwrap_or(Value::Null)))
+            .collect();
+        crate::views::canonical_json(&json!({
+            "tenants": tenants,
+            "principals": principals,
+            "by_secret_id": by_secret_id,
+            "policies": policies,
+        }))
+    }
+
+    /// The registry in its serialized form.
+    pub fn to_snapshot(&self) -> RegistrySnapshot {
+        let mut tenants: Vec<(String, TenantRecord)> =
+            self.tenants.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        tenants.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut principals: Vec<PrincipalRecord> = self.principals.values().cloned().collect();
+        principals.sort_by(|a, b| (&a.tenant, &a.name).cmp(&(&b.tenant, &b.name)));
+        let mut by_secret_id: Vec<(String, String, String)> = self
+            .by_secret_id
+            .iter()
+            .map(|(id, (t, n))| (id.clone(), t.clone(), n.clone()))
+            .collect();
+        by_secret_id.sort();
+        let mut policies: Vec<(String, ClientPolicySet)> = self
+            .policies
+            .iter()
+            .map(|((t, _), p)| (t.clone(), (**p).clone()))
+            .collect();
+        policies.sort_by(|a, b| (&a.0, &a.1.client_id).cmp(&(&b.0, &b.1.client_id)));
+        RegistrySnapshot {
+            tenants,
+            principals,
+            by_secret_id,
+            policies,
+        }
+    }
+
+    /// Restores a registry from [`Registry::to_snapshot`].
+    pub fn from_snapshot(s: RegistrySnapshot) -> Registry {
+        Registry {
+            tenants: s.tenants.into_iter().collect(),
+            principals: s
+                .principals
+                .into_iter()
+                .map(|p| ((p.tenant.clone(), p.name.clone()), p))
+                .collect(),
+            by_secret_id: s.by_secret_id.into_iter().map(|(id, t, n)| (id, (t, n))).collect(),
+            policies: s
+                .policies
+                .into_iter()
+                .map(|(t, p)| ((t, p.client_id.clone()), Arc::new(p)))
+                .collect(),
+        }
+    }
 }
 
 fn parse_hash(hex_str: &str) -> [u8; 32] {
@@ -207,6 +331,30 @@ mod tests {
         assert!(!r.tenant_has_admin("acme"));
         assert!(r.tenant_ever_had_admin("acme"));
         assert!(r.principal("acme", "root").unwrap().disabled);
+    }
+
+    #[test]
+    fn a_snapshot_restores_the_same_registry() {
+        let mut r = Registry::default();
+        r.apply(
+            "acme",
+            &DomainEvent::TenantCreated(TenantCreated {
+                tenant: "acme".into(),
+                by: "bootstrap".into(),
+            }),
+        );
+        r.apply("acme", &created("root", Role::Admin, "s1"));
+        r.apply("acme", &created("v", Role::Validator, "s2"));
+        let text = serde_json::to_string(&r.to_snapshot()).unwrap();
+        let back = Registry::from_snapshot(serde_json::from_str(&text).unwrap());
+        assert_eq!(back.canonical(None), r.canonical(None));
+        assert_eq!(back.by_secret_id("s1").unwrap().secret_hash, [0xab; 32]);
+        assert!(back.tenant_has_admin("acme"));
+        assert!(
+            !r.canonical(None).to_string().contains(&"ab".repeat(32)),
+            "no secret hash"
+        );
+        assert_eq!(r.canonical(Some("other"))["principals"], serde_json::json!({}));
     }
 
     #[test]

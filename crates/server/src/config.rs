@@ -26,6 +26,12 @@
 //! | `--key-rotation-seconds` / `key_rotation_seconds` | `TOKENLEDGER_KEY_ROTATION_SECONDS` | `2592000` | scheduled rotation period (0: never) |
 //! | `--max-token-ttl-seconds` / `max_token_ttl_seconds` | `TOKENLEDGER_MAX_TOKEN_TTL_SECONDS` | `86400` | no policy grants longer; a retired key verifies this long |
 //! | `--max-exchange-depth` / `max_exchange_depth` | `TOKENLEDGER_MAX_EXCHANGE_DEPTH` | `4` | deepest token-exchange chain |
+//! | `--sql-memory-mb` / `sql_memory_mb` | `TOKENLEDGER_SQL_MEMORY_MB` | `512` | memory one SQL query may reserve (sorts, joins, aggregations), MiB |
+//! | `--sql-timeout-seconds` / `sql_timeout_seconds` | `TOKENLEDGER_SQL_TIMEOUT_SECONDS` | `30` | time one SQL query may take |
+//! | `--sql-max-rows` / `sql_max_rows` | `TOKENLEDGER_SQL_MAX_ROWS` | `100000` | rows one `POST /v1/sql` answer may hold (exports are not capped) |
+//! | `--sql-concurrency` / `sql_concurrency` | `TOKENLEDGER_SQL_CONCURRENCY` | `2` | SQL queries that run at once; more wait |
+//! | `--snapshot-every-events` / `snapshot_every_events` | `TOKENLEDGER_SNAPSHOT_EVERY_EVENTS` | `100000` | write a views snapshot (`<data-dir>/projections/views.snapshot`) after this many events (0: not by count) |
+//! | `--snapshot-every-seconds` / `snapshot_every_seconds` | `TOKENLEDGER_SNAPSHOT_EVERY_SECONDS` | `300` | write a views snapshot this often while events come (0: not by time); always at a graceful shutdown |
 //! | `--shutdown-grace-seconds` / `shutdown_grace_seconds` | `TOKENLEDGER_SHUTDOWN_GRACE_SECONDS` | `30` | on SIGTERM, how long in-flight requests may finish |
 //! | `--log-format` / `log_format` | `TOKENLEDGER_LOG_FORMAT` | `text` | `text` or `json` |
 //! | `--log` / `log` | `TOKENLEDGER_LOG` | `info` | a `tracing` filter, e.g. `info,tokenledger_server=debug` |
@@ -118,6 +124,10 @@ settings! {
         verify_leeway_seconds: u32 = 30, env = "TOKENLEDGER_VERIFY_LEEWAY_SECONDS";
         /// What rule-engaged cutoffs do: enforce, dry_run or off.
         cutoff_mode: CutoffMode = CutoffMode::Enforce, env = "TOKENLEDGER_CUTOFF_MODE";
+        /// Write a views snapshot after this many events (0: not by count).
+        snapshot_every_events: u64 = 100_000, env = "TOKENLEDGER_SNAPSHOT_EVERY_EVENTS";
+        /// Write a views snapshot this often while events come, seconds (0: not by time).
+        snapshot_every_seconds: u64 = 300, env = "TOKENLEDGER_SNAPSHOT_EVERY_SECONDS";
         /// On SIGTERM, how long in-flight requests may take to finish, seconds.
         shutdown_grace_seconds: u64 = 30, env = "TOKENLEDGER_SHUTDOWN_GRACE_SECONDS";
         /// The `iss` of tokens this server mints.
@@ -130,6 +140,14 @@ settings! {
         max_token_ttl_seconds: u64 = 86400, env = "TOKENLEDGER_MAX_TOKEN_TTL_SECONDS";
         /// Deepest exchange chain: a token exchanged more often than this is refused.
         max_exchange_depth: u32 = 4, env = "TOKENLEDGER_MAX_EXCHANGE_DEPTH";
+        /// Memory one SQL query may reserve for sorts, joins and aggregations, MiB.
+        sql_memory_mb: u64 = 512, env = "TOKENLEDGER_SQL_MEMORY_MB";
+        /// Time one SQL query may take, seconds.
+        sql_timeout_seconds: u64 = 30, env = "TOKENLEDGER_SQL_TIMEOUT_SECONDS";
+        /// Rows one SQL answer may hold (`POST /v1/sql`; exports are not capped).
+        sql_max_rows: u64 = 100000, env = "TOKENLEDGER_SQL_MAX_ROWS";
+        /// SQL queries that run at once; more wait.
+        sql_concurrency: u64 = 2, env = "TOKENLEDGER_SQL_CONCURRENCY";
         /// Log format: text or json.
         log_format: LogFormat = LogFormat::Text, env = "TOKENLEDGER_LOG_FORMAT";
         /// A tracing filter, e.g. "info,tokenledger_server=debug".

@@ -14,9 +14,11 @@
 
 pub mod api;
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod metrics;
 pub mod problem;
+pub mod projections;
 pub mod schema;
 pub mod serve;
 pub mod state;

@@ -12,10 +12,22 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the server on the embedded store.
     Serve(ServeArgs),
+    /// Rebuild the views from the log (server stopped): fold $all from
+    /// position 0 and write a fresh snapshot; --verify compares with the
+    /// snapshot the server wrote, --dump writes the canonical views.
+    Rebuild(tokenledger_server::projections::RebuildArgs),
+    /// Run one SQL query on a running server (analyst credential in
+    /// TOKENLEDGER_CREDENTIAL) and print the answer.
+    Sql(tokenledger_server::cli::SqlArgs),
+    /// Export the tenant's events (partitioned by UTC date) and views as
+    /// Parquet from a running server (analyst credential in TOKENLEDGER_CREDENTIAL).
+    Export(tokenledger_server::cli::ExportArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -23,6 +35,9 @@ fn main() -> std::process::ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
+        Command::Rebuild(args) => tokenledger_server::projections::rebuild_command(args),
+        Command::Sql(args) => client_command(tokenledger_server::cli::sql(args)),
+        Command::Export(args) => client_command(tokenledger_server::cli::export(args)),
         Command::Serve(args) => {
             let settings = match Settings::resolve(args) {
                 Ok(s) => s,
@@ -44,6 +59,21 @@ fn main() -> std::process::ExitCode {
                     std::process::ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// Runs a client command on a small runtime; prints its error and exits 1.
+fn client_command(f: impl std::future::Future<Output = Result<(), String>>) -> std::process::ExitCode {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(f) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tokenledger: {e}");
+            std::process::ExitCode::FAILURE
         }
     }
 }

@@ -40,6 +40,14 @@ pub struct Metrics {
     pub auth_failures: Counter,
     /// Position of the last committed event.
     pub head_position: Gauge,
+    /// Checkpoint of the last views snapshot written.
+    pub projection_checkpoint: Gauge,
+    /// Checkpoint of the snapshot the views were restored from at start (0: none).
+    pub projection_restored_checkpoint: Gauge,
+    /// Events the views replayed from the log at start.
+    pub projection_replayed_events: Gauge,
+    /// Views snapshots that could not be written.
+    pub projection_snapshot_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -53,6 +61,10 @@ impl Default for Metrics {
         let idempotent_replays = Counter::default();
         let auth_failures = Counter::default();
         let head_position = Gauge::default();
+        let projection_checkpoint = Gauge::default();
+        let projection_restored_checkpoint = Gauge::default();
+        let projection_replayed_events = Gauge::default();
+        let projection_snapshot_failures = Counter::default();
         registry.register(
             "http_requests",
             "HTTP requests by route, method and status",
@@ -75,6 +87,26 @@ impl Default for Metrics {
             "position of the last committed event",
             head_position.clone(),
         );
+        registry.register(
+            "projection_checkpoint",
+            "checkpoint (position) of the last views snapshot written",
+            projection_checkpoint.clone(),
+        );
+        registry.register(
+            "projection_restored_checkpoint",
+            "checkpoint of the views snapshot restored at start (0: none, replayed from the start)",
+            projection_restored_checkpoint.clone(),
+        );
+        registry.register(
+            "projection_replayed_events",
+            "events the views replayed from the log at start",
+            projection_replayed_events.clone(),
+        );
+        registry.register(
+            "projection_snapshot_failures",
+            "views snapshots that could not be written",
+            projection_snapshot_failures.clone(),
+        );
         Self {
             registry,
             requests,
@@ -83,6 +115,10 @@ impl Default for Metrics {
             idempotent_replays,
             auth_failures,
             head_position,
+            projection_checkpoint,
+            projection_restored_checkpoint,
+            projection_replayed_events,
+            projection_snapshot_failures,
         }
     }
 }

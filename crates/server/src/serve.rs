@@ -1,6 +1,7 @@
 //! `tokenledger serve`: open the store, rebuild the registry from the log,
 //! listen (HTTPS with rustls, or plain HTTP on loopback), and on SIGTERM
-//! drain in-flight requests and flush pending commits before exiting.
+//! drain in-flight requests, flush pending commits and write the views
+//! snapshot before exiting.
 
 use crate::api;
 use crate::config::Settings;
@@ -113,6 +114,11 @@ pub async fn start(settings: Settings) -> Result<Running, ServeError> {
     restrict_file(&ledger);
     let store: Arc<dyn EventStore> = Arc::new(store);
     let state = AppState::new(store.clone(), settings.clone(), clock, &bootstrap, kek);
+    state.projections.enable_snapshots(crate::projections::SnapshotPolicy {
+        path: crate::projections::snapshot_path(&settings.data_dir),
+        every_events: settings.snapshot_every_events,
+        every_seconds: settings.snapshot_every_seconds,
+    });
 
     let listeners = match listen(&settings, &state).await {
         Ok(l) => l,
@@ -141,6 +147,7 @@ pub async fn start(settings: Settings) -> Result<Running, ServeError> {
         }
     };
     state.mark_ready();
+    let _analytics = state.follow_analytics();
     let scheduler = {
         let state = state.clone();
         tokio::spawn(async move {
@@ -269,7 +276,10 @@ impl Running {
         self.scheduler.abort();
         let _ = self.scheduler.await;
         self.store.close().await;
-        tracing::info!("pending commits flushed; stopped");
+        // Every commit is folded now: the final snapshot has them all.
+        let projections = self.state.projections.clone();
+        let _ = tokio::task::spawn_blocking(move || projections.shutdown()).await;
+        tracing::info!("pending commits flushed; views snapshot written; stopped");
         result
     }
 }

@@ -4,11 +4,13 @@
 use crate::auth::{Caller, hash_secret, hashes_equal, split_credential};
 use crate::config::Settings;
 use crate::metrics::Metrics;
+use crate::projections::Projections;
 use crate::schema::Schemas;
 use crate::tokens::views::ViewGuard;
 use crate::tokens::{KeyRing, LiveViews};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
+use tokenledger_analytics::{Analytics, Limits};
 use tokenledger_domain::DomainEvent;
 use tokenledger_domain::clock::Clock;
 use tokenledger_domain::events::CURRENT_SCHEMA_VERSION;
@@ -46,6 +48,12 @@ pub struct AppState {
     pub views: Arc<LiveViews>,
     /// Sealed signing keys.
     pub keyring: Arc<KeyRing>,
+    /// Folds the log into `registry` and `views` (the store's commit hook),
+    /// with checkpoints and snapshots (see [`crate::projections`]).
+    pub projections: Arc<Projections>,
+    /// The `events` table and views for SQL: a projection that follows
+    /// `$all` on its own (see [`AppState::follow_analytics`]).
+    pub analytics: Arc<Analytics>,
 }
 
 impl AppState {
@@ -58,18 +66,38 @@ impl AppState {
         bootstrap_secret: &str,
         kek: Kek,
     ) -> Self {
+        let settings_sql = (
+            settings.sql_memory_mb,
+            settings.sql_timeout_seconds,
+            settings.sql_max_rows,
+            settings.sql_concurrency,
+        );
+        let registry = Arc::new(RegistryView::default());
+        let views: Arc<LiveViews> = Arc::default();
+        let metrics = Arc::new(Metrics::default());
+        let projections = Arc::new(Projections::new(registry.clone(), views.clone(), metrics.clone()));
         Self {
             store,
-            registry: Arc::new(RegistryView::default()),
+            registry,
             schemas: Arc::new(Schemas::compile()),
             settings,
             clock,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             bootstrap_hash: hash_secret(bootstrap_secret),
             ready: Arc::new(AtomicBool::new(false)),
             principal_lock: Arc::default(),
-            views: Arc::default(),
+            views,
             keyring: Arc::new(KeyRing::new(kek)),
+            projections,
+            analytics: Arc::new(Analytics::new(
+                tokenledger_tokens::keys::kid_of_public,
+                Limits {
+                    memory_bytes: (settings_sql.0 as usize) << 20,
+                    timeout: std::time::Duration::from_secs(settings_sql.1),
+                    max_rows: settings_sql.2 as usize,
+                },
+                settings_sql.3 as usize,
+            )),
         }
     }
 
@@ -78,32 +106,36 @@ impl AppState {
     pub async fn catch_up(&self) -> Result<Position, StoreError> {
         let head = self.catch_up_views().await?;
         self.mark_ready();
+        self.follow_analytics();
         Ok(head)
     }
 
-    /// Folds the whole log into the registry and the views and registers
-    /// them as commit hooks so they never fall behind an acknowledged
-    /// append; does not mark the state ready. Call once, before any append.
-    /// Returns the head it reached.
+    /// Brings the registry and the views to the head of the log (from the
+    /// snapshot's checkpoint when snapshots are enabled and the snapshot is
+    /// usable, else from position 0; see [`Projections::catch_up`]) and
+    /// registers them as the commit hook so they never fall behind an
+    /// acknowledged append; does not mark the state ready. Call once, before
+    /// any append. Returns the head it reached.
     pub async fn catch_up_views(&self) -> Result<Position, StoreError> {
-        let mut from = Position::START.next();
-        let mut head = Position::START;
-        loop {
-            let page = self.store.read_all(from, 4096, None).await?;
-            let Some(last) = page.last() else { break };
-            head = last.position;
-            from = last.position.next();
-            for e in &page {
-                self.registry.apply(e);
-                self.views.apply(e);
-            }
-        }
-        self.store.add_commit_hook(self.registry.clone());
-        self.store.add_commit_hook(self.views.clone());
+        let head = self.projections.catch_up(&self.store).await?.head;
+        self.store.add_commit_hook(self.projections.clone());
         self.store.set_guard(Arc::new(ViewGuard(self.views.clone())));
         self.store.add_commit_hook(Arc::new(MetricsHook(self.metrics.clone())));
         self.metrics.head_position.set(head.0 as i64);
         Ok(head)
+    }
+
+    /// Starts the analytics projection: follows `$all` from the start
+    /// through a catch-up subscription on its own task, off the writer's
+    /// path (queries wait for it to reach the head they need).
+    pub fn follow_analytics(&self) -> tokio::task::JoinHandle<()> {
+        let analytics = self.analytics.clone();
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = analytics.follow(store, Position::START).await {
+                tracing::info!(error = %e, "analytics projection stopped");
+            }
+        })
     }
 
     /// The API answers from now on (503 before).
@@ -191,6 +223,11 @@ impl RegistryView {
     /// A read guard on the registry.
     pub fn read(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
         self.0.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Replaces the registry (a restored snapshot).
+    pub fn replace(&self, registry: Registry) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = registry;
     }
 
     /// Folds one recorded event in (events of other types are skipped

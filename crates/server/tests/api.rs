@@ -31,6 +31,8 @@ mod reads;
 mod regressions;
 #[path = "api/schedule.rs"]
 mod schedule;
+#[path = "api/sql.rs"]
+mod sql;
 #[path = "api/tenancy.rs"]
 mod tenancy;
 #[path = "api/tokens.rs"]

@@ -10,6 +10,7 @@ mod oauth;
 mod ops;
 mod principals;
 mod revocations;
+mod sql;
 mod streams;
 mod tokens;
 mod uses;
@@ -52,6 +53,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/revocations", post(revocations::revoke))
         .route("/v1/uses", post(uses::report))
         .route("/v1/issuers/{name}", put(issuers::trust))
+        .route("/v1/sql", post(sql::query))
+        .route("/v1/export/{table}", get(sql::export))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_ready));
     Router::new()
         .merge(gated)

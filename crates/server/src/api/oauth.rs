@@ -792,7 +792,7 @@ pub async fn revoke(State(st): State<AppState>, req: Request) -> Result<Response
         ));
     }
     let jti = claims.jti.clone();
-    if st.views.read(&tenant, |v| v.revoked_tokens.contains_key(&jti)) {
+    if st.views.read(&tenant, |v| v.is_revoked_directly(&jti)) {
         return Ok(empty_ok());
     }
     let event = DomainEvent::TokenRevoked(TokenRevoked {

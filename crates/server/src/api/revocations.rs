@@ -81,7 +81,7 @@ pub async fn revoke(
     let (stream, event, revoked) = match target {
         Target::Token(id) => {
             check_identifier("token_id", &id).map_err(invalid)?;
-            if !st.views.read(&tenant, |v| v.tokens.contains_key(&id)) {
+            if !st.views.read(&tenant, |v| v.contains_token(&id)) {
                 return Err(ApiError::not_found("token-not-found", format!("no token {id:?}")));
             }
             let revoked = json!({ "token_id": id });

@@ -280,7 +280,7 @@ async fn replay_mint(
     jti: &str,
     req: &MintBody,
 ) -> Result<Option<Value>, ApiError> {
-    let Some(rec) = st.views.read(tenant, |v| v.tokens.get(jti).cloned()) else {
+    let Some(rec) = st.views.read(tenant, |v| v.token(jti)) else {
         return Ok(None);
     };
     let same = rec.client_id == client

@@ -111,7 +111,7 @@ pub async fn report(
             ));
         }
         let record = match u.outcome {
-            UseOutcome::Accepted => st.views.read(&tenant, |v| v.tokens.get(&u.token_id).cloned()),
+            UseOutcome::Accepted => st.views.read(&tenant, |v| v.token(&u.token_id)),
             UseOutcome::Rejected => None,
         };
         let (token_id, subject, client_id, claimed_token_id) = match record {

@@ -1,7 +1,9 @@
 //! Verification (DESIGN.md "Tokens"), in this order: the token's form and
 //! footer `kid` (`malformed`), the key (`unknown_kid`), the signature
 //! (`bad_signature`), the key's state (`key_revoked`), the ledger's record
-//! (`not_issued`), `exp`/`nbf` with leeway (`expired`, `not_yet_valid`),
+//! (`not_issued`; a token with no record whose `exp` is so far behind the
+//! views' now that its record may have been pruned is `expired`),
+//! `exp`/`nbf` with leeway (`expired`, `not_yet_valid`),
 //! the audience (`audience_mismatch`), the block list (`revoked`), and the
 //! required scopes (`insufficient_scope`). Signature first: a forger never
 //! learns anything about keys or tokens, and nothing it claims is
@@ -167,10 +169,18 @@ pub fn verify(
             }
         }
     }
-    let (record, revoked) = st.views.read(tenant, |v| {
-        (v.tokens.get(&claims.jti).cloned(), v.is_revoked(&claims.jti))
+    let (record, revoked, pruned) = st.views.read(tenant, |v| {
+        let record = v.token(&claims.jti);
+        let pruned = record.is_none() && v.may_have_pruned(claims.exp);
+        (record, v.is_revoked(&claims.jti), pruned)
     });
     let Some(record) = record else {
+        // The views prune a token once it is past its expiry by more than
+        // the largest leeway: one that may have been pruned is expired,
+        // whatever else it was.
+        if pruned {
+            return done(Some(Reason::Expired), None);
+        }
         return done(Some(Reason::NotIssued), None);
     };
     let matches = record.subject == claims.sub

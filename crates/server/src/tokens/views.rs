@@ -1,6 +1,11 @@
-//! The live views (issued tokens, block list, key ring, trusted issuers) of
-//! every tenant, updated by the store's commit hook before an append is
-//! acknowledged, and the writer's guard that reads them.
+//! The live views (issued tokens, block list, key ring, trusted issuers,
+//! cutoffs) of every tenant, updated by the store's commit hook (see
+//! [`crate::projections`]) before an append is acknowledged, and the
+//! writer's guard that reads them.
+//!
+//! Each tenant's views sit behind an `Arc`: a snapshot takes the `Arc`s at
+//! one position without copying, and the writer copies a tenant's views
+//! only if it changes them while a snapshot still holds them.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +17,7 @@ use tokenledger_store::{AppendGuard, CommitHook, NewEvent, RecordedEvent, Reject
 
 /// Every tenant's [`TenantViews`].
 pub struct LiveViews {
-    tenants: RwLock<HashMap<String, TenantViews>>,
+    tenants: RwLock<HashMap<String, Arc<TenantViews>>>,
     /// Position of the last event the views have seen.
     head: AtomicU64,
     /// Bumped with the position of every new block-list entry, so a
@@ -30,7 +35,9 @@ impl Default for LiveViews {
     }
 }
 
-const VIEW_TYPES: &[&str] = &[
+/// The event types the views fold; every other event of a tenant only
+/// advances its views' now.
+pub const VIEW_TYPES: &[&str] = &[
     "TokenIssued",
     "TokenRevoked",
     "SigningKeyAdded",
@@ -38,6 +45,8 @@ const VIEW_TYPES: &[&str] = &[
     "SigningKeyRetired",
     "SigningKeyRevoked",
     "IssuerTrusted",
+    "MintingCutoffEngaged",
+    "MintingCutoffReleased",
 ];
 
 impl LiveViews {
@@ -51,15 +60,29 @@ impl LiveViews {
         }
     }
 
-    /// Folds the event; true if it added a block-list entry.
+    /// Folds the event; true if it added a block-list entry. An event of
+    /// another type advances the tenant's views' now (when they exist and
+    /// it moves), so pruning follows every event of the tenant.
     fn fold(&self, e: &RecordedEvent) -> bool {
         if !VIEW_TYPES.contains(&e.event_type.as_str()) {
+            let at = e.recorded_at.timestamp();
+            let behind = {
+                let t = self.tenants.read().unwrap_or_else(|p| p.into_inner());
+                t.get(&e.tenant)
+                    .is_some_and(|v| v.now().is_none_or(|n| n.timestamp() < at))
+            };
+            if behind {
+                let mut t = self.tenants.write().unwrap_or_else(|p| p.into_inner());
+                if let Some(v) = t.get_mut(&e.tenant) {
+                    Arc::make_mut(v).advance(e.recorded_at);
+                }
+            }
             return false;
         }
         match DomainEvent::from_parts(&e.event_type, CURRENT_SCHEMA_VERSION, &e.data) {
             Ok(ev) => {
                 let mut t = self.tenants.write().unwrap_or_else(|p| p.into_inner());
-                let v = t.entry(e.tenant.clone()).or_default();
+                let v = Arc::make_mut(t.entry(e.tenant.clone()).or_default());
                 let before = v.block_log.len();
                 v.apply(
                     e.position.0,
@@ -85,6 +108,16 @@ impl LiveViews {
         }
     }
 
+    /// The tenant's views as of now, shared (a cheap `Arc` clone): later
+    /// events do not change what the caller holds.
+    pub fn tenant(&self, tenant: &str) -> Option<Arc<TenantViews>> {
+        self.tenants
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tenant)
+            .cloned()
+    }
+
     /// Position of the last event the views have seen.
     pub fn head(&self) -> u64 {
         self.head.load(Ordering::Acquire)
@@ -93,6 +126,25 @@ impl LiveViews {
     /// A receiver woken by every new block-list entry.
     pub fn watch_blocks(&self) -> tokio::sync::watch::Receiver<u64> {
         self.blocks.subscribe()
+    }
+
+    /// Every tenant's views at the current head, without copying them:
+    /// `(head, [(tenant, views)])`, tenants sorted. Consistent only when no
+    /// fold runs meanwhile (the caller holds the fold lock, or runs in the
+    /// commit hook).
+    pub fn capture(&self) -> (u64, Vec<(String, Arc<TenantViews>)>) {
+        let t = self.tenants.read().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<(String, Arc<TenantViews>)> = t.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        (self.head(), all)
+    }
+
+    /// Replaces every tenant's views and the head (a restored snapshot).
+    /// Call before any event is folded.
+    pub fn restore(&self, head: u64, tenants: impl IntoIterator<Item = (String, TenantViews)>) {
+        let mut t = self.tenants.write().unwrap_or_else(|p| p.into_inner());
+        *t = tenants.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
+        self.head.store(head, Ordering::Release);
     }
 
     /// The tenants that have views.
