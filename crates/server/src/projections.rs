@@ -461,9 +461,8 @@ impl Projections {
             let mut st = lock(&self.fold);
             st.since_snapshot = replayed;
             st.last_snapshot = Instant::now();
-            if restored_from.is_some() {
-                *lock(&s.written) = restored_from;
-            }
+            let mut written = lock(&s.written);
+            *written = (*written).max(restored_from);
         }
         self.metrics
             .projection_restored_checkpoint

@@ -516,6 +516,21 @@ async fn a_token_past_exp_and_the_leeway_is_expired() {
 }
 
 #[tokio::test]
+async fn a_token_pruned_from_the_views_is_expired_not_unknown() {
+    let (app, iss, gw) = setup().await;
+    let m = app.mint_ok(&iss, "alice").await; // 300 s
+    let (token, id) = (m["token"].as_str().unwrap(), m["token_id"].as_str().unwrap());
+    let t0 = app.now();
+    // Past exp + the prune horizon (largest leeway + margin); the next
+    // event moves the views' now there and the record goes.
+    let horizon = tokenledger_domain::views::PRUNE_AFTER_SECONDS;
+    app.clock.set(t0 + chrono::Duration::seconds(300 + horizon + 1));
+    app.mint_ok(&iss, "bob").await;
+    assert!(!app.state.views.read("acme", |v| v.contains_token(id)), "pruned");
+    assert_inactive(&app.verify(&gw, token, "api://orders").await, "expired");
+}
+
+#[tokio::test]
 async fn a_token_whose_nbf_is_beyond_now_and_the_leeway_is_not_yet_valid() {
     let (app, _, gw) = setup().await;
     let ext = app.trusted_issuer("ext-idp", "acme", 3600).await;
