@@ -56,8 +56,11 @@ impl Profile {
 /// The `tokenledger` binary under test, located once per process and profile:
 ///
 /// 1. `TOKENLEDGER_BIN`, if set, is the path of the binary (nothing is built);
-/// 2. otherwise `cargo build -q -p tokenledger-server --bin tokenledger` (with
-///    `--release` for [`Profile::Release`]) runs in the workspace, and the
+/// 2. otherwise `cargo build -q --bins --tests` runs in the workspace (the
+///    default members, as `cargo test` builds them: the same feature set,
+///    so the binary `cargo test` already built is fresh and nothing
+///    compiles again; `-p tokenledger-server --bin tokenledger --release`
+///    for [`Profile::Release`], which the benches use), and the
 ///    binary is `<target_directory>/{debug|release}/tokenledger`, where
 ///    `target_directory` comes from `cargo metadata --format-version 1
 ///    --no-deps` (so `CARGO_TARGET_DIR` is honoured).
@@ -80,18 +83,30 @@ fn locate(profile: Profile) -> PathBuf {
         return p;
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
-    let workspace = env!("CARGO_MANIFEST_DIR");
+    // The workspace root (not this crate's directory, where cargo would
+    // select this package alone).
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let mut build = Command::new(&cargo);
-    build
-        .current_dir(workspace)
-        .args(["build", "-q", "-p", "tokenledger-server", "--bin", "tokenledger"]);
-    if profile == Profile::Release {
-        build.arg("--release");
-    }
+    build.current_dir(&workspace);
+    match profile {
+        // A `-p` selection has another feature set than `cargo test`'s
+        // (dev-dependencies unify features), which would compile the
+        // DataFusion stack a second time.
+        Profile::Debug => build.args(["build", "-q", "--bins", "--tests"]),
+        Profile::Release => build.args([
+            "build",
+            "-q",
+            "-p",
+            "tokenledger-server",
+            "--bin",
+            "tokenledger",
+            "--release",
+        ]),
+    };
     let status = build.status().expect("running cargo build");
     assert!(status.success(), "cargo build of tokenledger failed: {status}");
     let meta = Command::new(&cargo)
-        .current_dir(workspace)
+        .current_dir(&workspace)
         .args(["metadata", "--format-version", "1", "--no-deps"])
         .output()
         .expect("running cargo metadata");
