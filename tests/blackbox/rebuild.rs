@@ -133,6 +133,25 @@ impl World {
     }
 
     /// A gauge of `/metrics` (admin).
+    /// The SQL tables as the admin sees them: the tenant's events, how many
+    /// of them were folded twice, the active tokens and the block list (read-your-writes:
+    /// the answer is at the head of the log).
+    async fn sql_state(&self) -> Value {
+        let q = "SELECT (SELECT count(*) FROM events) AS events, \
+                 (SELECT count(*) - count(DISTINCT position) FROM events) AS duplicates, \
+                 (SELECT string_agg(token_id, ',' ORDER BY token_id) FROM active_tokens) AS active, \
+                 (SELECT count(*) FROM block_list) AS blocked";
+        self.api
+            .expect(
+                Method::POST,
+                "/v1/sql",
+                &self.secrets.admin,
+                Some(&json!({"sql": q})),
+                &[200],
+            )
+            .await
+    }
+
     async fn metric(&self, name: &str) -> i64 {
         let a = self
             .api
@@ -183,10 +202,13 @@ async fn a_restart_resumes_from_the_checkpoint_and_rebuild_verifies_the_live_vie
         .await;
     let (t_erin, erin) = w.mint("erin").await;
     assert_eq!(w.verify(&t_x2, "api://orders").await["active"], true);
+    let sql_before = w.sql_state().await;
 
     stop(&mut server).await;
     let snapshot = server.data_dir().join("projections").join("views.snapshot");
     assert!(snapshot.is_file(), "SIGTERM wrote the views snapshot");
+    let analytics = server.data_dir().join("analytics").join("checkpoint");
+    assert!(analytics.is_file(), "SIGTERM wrote the analytics checkpoint");
 
     // The restart resumes from the checkpoint: nothing to replay.
     server.restart().await;
@@ -205,6 +227,13 @@ async fn a_restart_resumes_from_the_checkpoint_and_rebuild_verifies_the_live_vie
         "a token of the new key"
     );
     assert_eq!(w.verify(&t_x2, "api://orders").await["active"], true);
+    // The SQL tables resumed from their checkpoint: the same answer (the
+    // verifies above appended TokenUsed events, so the log grew by them).
+    let sql_after = w.sql_state().await;
+    assert_eq!(sql_after["rows"][0][2], sql_before["rows"][0][2], "active tokens");
+    assert_eq!(sql_after["rows"][0][3], sql_before["rows"][0][3], "block list");
+    assert_eq!(sql_after["rows"][0][1], 0, "no event folded twice: {sql_after}");
+    assert!(sql_after["rows"][0][0].as_i64() >= sql_before["rows"][0][0].as_i64());
 
     // Phase 2: more history, then the chain is revoked at its middle.
     let (t_frank, frank) = w.mint("frank").await;
@@ -218,6 +247,7 @@ async fn a_restart_resumes_from_the_checkpoint_and_rebuild_verifies_the_live_vie
         "down the chain"
     );
     assert_eq!(w.verify(&t_x1, "api://orders").await["reason"], "revoked");
+    let sql_live = w.sql_state().await;
     stop(&mut server).await;
 
     // The operator's rebuild, server stopped.
@@ -240,6 +270,7 @@ async fn a_restart_resumes_from_the_checkpoint_and_rebuild_verifies_the_live_vie
     );
     assert!(stdout.contains("verified"), "{stdout}");
     assert!(stdout.contains("events/s"), "{stdout}");
+    assert!(!analytics.exists(), "the rebuild discarded the analytics checkpoint");
     eprintln!("rebuild: {}", stdout.trim());
 
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&dump).unwrap()).unwrap();
@@ -289,6 +320,11 @@ async fn a_restart_resumes_from_the_checkpoint_and_rebuild_verifies_the_live_vie
     assert_eq!(w.verify(&t_bob, "api://gateway").await["reason"], "revoked");
     assert_eq!(w.verify(&t_x2, "api://orders").await["reason"], "revoked");
     assert_eq!(w.verify(&t_erin, "api://gateway").await["active"], true);
+    // The SQL tables, refolded from position 0, answer as they did live.
+    let sql_rebuilt = w.sql_state().await;
+    assert_eq!(sql_rebuilt["rows"][0][2], sql_live["rows"][0][2], "active tokens");
+    assert_eq!(sql_rebuilt["rows"][0][3], sql_live["rows"][0][3], "block list");
+    assert_eq!(sql_rebuilt["rows"][0][1], 0, "no event folded twice");
     stop(&mut server).await;
 }
 

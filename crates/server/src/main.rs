@@ -47,8 +47,12 @@ fn main() -> std::process::ExitCode {
                 }
             };
             init_tracing(&settings);
+            // 8 MiB stacks (tokio's default is 2 MiB): SQL planning walks
+            // query trees recursively; queries are bounded in operators
+            // (`MAX_OPERATORS`, tested on 2 MiB), this is the margin on top.
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
+                .thread_stack_size(8 << 20)
                 .build()
                 .expect("tokio runtime");
             match rt.block_on(tokenledger_server::serve::serve(settings)) {

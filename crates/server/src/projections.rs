@@ -751,6 +751,9 @@ pub enum RebuildError {
     /// `--verify` found no snapshot, or an unusable one.
     #[error("--verify: {0}")]
     Snapshot(String),
+    /// The analytics checkpoint could not be removed after the rebuild.
+    #[error("{0}")]
+    Analytics(String),
     /// Writing the snapshot or the dump failed.
     #[error("{0}")]
     Io(String),
@@ -759,6 +762,9 @@ pub enum RebuildError {
 /// `tokenledger rebuild`: opens the ledger of the stopped server at
 /// `args.data_dir`, folds `$all` from position 0 into fresh views, and
 /// writes a fresh snapshot; `--verify` and `--dump` as in [`RebuildArgs`].
+/// The analytics projection's checkpoint (`<data-dir>/analytics`) is
+/// removed, so the SQL tables are refolded from position 0 at the next
+/// start.
 /// A verification that finds a difference still writes the rebuilt
 /// snapshot (the log is the truth) and keeps the differing one as
 /// `views.snapshot.mismatch`.
@@ -774,6 +780,21 @@ pub async fn rebuild(args: &RebuildArgs) -> Result<RebuildReport, RebuildError> 
     let store: Arc<dyn EventStore> = Arc::new(store);
     let result = rebuild_on(&store, &snapshot_path(&args.data_dir), args).await;
     store.close().await;
+    if result.is_ok() {
+        // The analytics projection refolds from position 0 at the next
+        // start too: a rebuild leaves no derived state behind.
+        let analytics = args.data_dir.join(crate::serve::ANALYTICS_DIR);
+        match std::fs::remove_dir_all(&analytics) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(RebuildError::Analytics(format!(
+                    "cannot remove the analytics checkpoint {}: {e}",
+                    analytics.display()
+                )));
+            }
+        }
+    }
     result
 }
 

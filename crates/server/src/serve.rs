@@ -19,6 +19,9 @@ use tokio::task::JoinHandle;
 
 /// The ledger file in the data directory.
 pub const LEDGER_FILE: &str = "ledger.redb";
+/// The analytics projection's checkpoint directory, inside the data
+/// directory (see `tokenledger_analytics::checkpoint`).
+pub const ANALYTICS_DIR: &str = "analytics";
 /// The generated key-encryption key in the data directory.
 pub const KEK_FILE: &str = "kek";
 
@@ -119,6 +122,13 @@ pub async fn start(settings: Settings) -> Result<Running, ServeError> {
         every_events: settings.snapshot_every_events,
         every_seconds: settings.snapshot_every_seconds,
     });
+    state
+        .analytics
+        .enable_checkpoints(tokenledger_analytics::CheckpointPolicy {
+            dir: settings.data_dir.join(ANALYTICS_DIR),
+            every_events: settings.snapshot_every_events,
+            every_seconds: settings.snapshot_every_seconds,
+        });
 
     let listeners = match listen(&settings, &state).await {
         Ok(l) => l,
@@ -279,7 +289,18 @@ impl Running {
         // Every commit is folded now: the final snapshot has them all.
         let projections = self.state.projections.clone();
         let _ = tokio::task::spawn_blocking(move || projections.shutdown()).await;
-        tracing::info!("pending commits flushed; views snapshot written; stopped");
+        // The analytics projection gets a moment to fold the last commits,
+        // then checkpoints what it has (it resumes from there either way).
+        let analytics = self.state.analytics.clone();
+        if let Ok(head) = self.store.head().await {
+            analytics.wait_for(head.0, Duration::from_secs(5)).await;
+        }
+        match tokio::task::spawn_blocking(move || analytics.write_checkpoint()).await {
+            Ok(Err(e)) => tracing::error!(error = %e, "analytics checkpoint at shutdown failed"),
+            Err(e) => tracing::error!(error = %e, "analytics checkpoint at shutdown failed"),
+            Ok(Ok(_)) => {}
+        }
+        tracing::info!("pending commits flushed; views snapshot and analytics checkpoint written; stopped");
         result
     }
 }

@@ -125,14 +125,23 @@ impl AppState {
         Ok(head)
     }
 
-    /// Starts the analytics projection: follows `$all` from the start
-    /// through a catch-up subscription on its own task, off the writer's
-    /// path (queries wait for it to reach the head they need).
+    /// Starts the analytics projection on its own task, off the writer's
+    /// path: restores its checkpoint if checkpoints are enabled
+    /// ([`Analytics::enable_checkpoints`]) and there is a usable one, then
+    /// follows `$all` from there through a catch-up subscription (queries
+    /// wait for it to reach the head they need).
     pub fn follow_analytics(&self) -> tokio::task::JoinHandle<()> {
         let analytics = self.analytics.clone();
         let store = self.store.clone();
         tokio::spawn(async move {
-            if let Err(e) = analytics.follow(store, Position::START).await {
+            let from = match analytics.restore(&store).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, "analytics projection could not start");
+                    return;
+                }
+            };
+            if let Err(e) = analytics.follow(store, from).await {
                 tracing::info!(error = %e, "analytics projection stopped");
             }
         })

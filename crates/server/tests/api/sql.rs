@@ -848,7 +848,7 @@ fn hostile_queries() -> Vec<String> {
     // `very_deep_expressions_are_answered_or_refused_and_never_crash_the_server`):
     // a 200-term OR, a 500 KB literal, nesting past the parser's recursion
     // limit, 20 nested subqueries, an 8-way self join.
-    q.extend(deep_queries(200));
+    q.extend(deep_queries(200, 5));
     q.push(format!(
         "SELECT count(*) FROM events WHERE subject = '{}'",
         "x".repeat(500_000)
@@ -865,16 +865,18 @@ fn hostile_queries() -> Vec<String> {
 
 /// Queries whose expression trees are `terms` deep: an OR chain, a chain of
 /// additions, nested CASE.
-fn deep_queries(terms: usize) -> Vec<String> {
+fn deep_queries(terms: usize, joins: usize) -> Vec<String> {
     let ors: Vec<String> = (1..=terms).map(|i| format!("position = {i}")).collect();
     let plus = vec!["position"; terms];
+    let unions = vec!["SELECT 1 AS x"; terms];
+    let joins: Vec<String> = (1..=joins)
+        .map(|i| format!("JOIN keys k{i} ON k{i}.kid = k0.kid"))
+        .collect();
     vec![
         format!("SELECT count(*) FROM events WHERE {}", ors.join(" OR ")),
         format!("SELECT max({}) FROM events", plus.join(" + ")),
-        format!(
-            "SELECT count(*) FROM events WHERE subject IN ({})",
-            (0..terms).map(|i| format!("'s{i}'")).collect::<Vec<_>>().join(", ")
-        ),
+        format!("SELECT count(*) FROM ({})", unions.join(" UNION ALL ")),
+        format!("SELECT count(*) FROM keys k0 {}", joins.join(" ")),
     ]
 }
 
@@ -1008,27 +1010,35 @@ async fn no_query_of_one_tenants_analyst_shows_anything_of_another_tenant() {
 
 /// A query's expression tree is as deep as its text is long (a flat OR chain
 /// parses into a left-deep tree without tripping the parser's recursion
-/// limit), and DataFusion's planner walks it recursively. Without
-/// DataFusion's `recursive_protection` feature (a default feature, off in
-/// tokenledger-analytics's `default-features = false`) a 2,000-term OR
-/// overflows a 2 MiB thread stack in
-/// `Expr::infer_placeholder_types` → `TreeNode::transform_up`, which aborts
-/// the whole process: one analyst request takes the server down. Ignored
-/// until the feature is on (it would abort this test binary);
-/// `cargo test -p tokenledger-server --test api -- --ignored very_deep`.
+/// limit), and DataFusion walks its trees recursively (derived `Clone`,
+/// `Drop`, rewrites), not all of it under its `recursive_protection`
+/// feature: a 2,000-term OR overflowed a 2 MiB thread stack in
+/// `Expr::clone` and aborted the whole process — one analyst request took
+/// the server down. Queries are now bounded in operators before parsing
+/// (`MAX_OPERATORS`).
 #[tokio::test]
-#[ignore = "aborts the process with a stack overflow until datafusion's recursive_protection feature is enabled"]
 async fn very_deep_expressions_are_answered_or_refused_and_never_crash_the_server() {
     let w = acme().await;
     let app = &w.app;
+    // Up to the bound on operators, answered; past it, refused with
+    // `sql-limit` before anything is parsed.
+    let max = tokenledger_analytics::engine::MAX_OPERATORS;
+    for q in deep_queries(max / 2, 20) {
+        let a = sql(app, &w.analyst, &q).await;
+        assert_eq!(a.0, StatusCode::OK, "{}", a.2);
+    }
     for terms in [2_000, 20_000] {
-        for q in deep_queries(terms) {
+        // A long IN list is one operator: answered.
+        let q = format!(
+            "SELECT count(*) FROM events WHERE subject IN ({})",
+            (0..terms).map(|i| format!("'s{i}'")).collect::<Vec<_>>().join(", ")
+        );
+        let a = sql(app, &w.analyst, &q).await;
+        assert_eq!(a.0, StatusCode::OK, "{}", a.2);
+        for q in deep_queries(terms, terms) {
             let a = sql(app, &w.analyst, &q).await;
-            assert!(
-                a.0 == StatusCode::OK || a.0 == StatusCode::BAD_REQUEST || a.0 == StatusCode::UNPROCESSABLE_ENTITY,
-                "{terms} terms: {}",
-                a.2
-            );
+            assert_eq!(a.0, StatusCode::UNPROCESSABLE_ENTITY, "{terms} terms: {}", a.2);
+            assert!(a.2.to_string().contains("sql-limit"), "{}", a.2);
         }
     }
     let a = sql(app, &w.analyst, "SELECT count(*) FROM events").await;
