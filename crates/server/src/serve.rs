@@ -167,6 +167,7 @@ pub async fn start(settings: Settings) -> Result<Running, ServeError> {
                 if let Err(e) = state.keyring.tick(&state).await {
                     tracing::error!(error = %e, "key scheduler step failed");
                 }
+                crate::api::cutoffs::expire_due(&state).await;
             }
         })
     };

@@ -15,6 +15,8 @@ mod authz;
 mod blocklist;
 #[path = "api/clients.rs"]
 mod clients;
+#[path = "api/cutoffs.rs"]
+mod cutoffs;
 #[path = "api/external.rs"]
 mod external;
 #[path = "api/hardening.rs"]

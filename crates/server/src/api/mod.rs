@@ -4,6 +4,7 @@
 
 mod blocklist;
 mod clients;
+pub mod cutoffs;
 mod issuers;
 mod keys;
 mod oauth;
@@ -12,7 +13,7 @@ mod principals;
 mod revocations;
 mod sql;
 mod streams;
-mod tokens;
+pub(crate) mod tokens;
 mod uses;
 
 pub use streams::{AppendBody, EventIn, MetadataIn, ReadQuery, append_error};
@@ -53,6 +54,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/revocations", post(revocations::revoke))
         .route("/v1/uses", post(uses::report))
         .route("/v1/issuers/{name}", put(issuers::trust))
+        .route("/v1/cutoffs", get(cutoffs::list).post(cutoffs::engage))
+        .route("/v1/cutoffs/{id}/release", post(cutoffs::release))
         .route("/v1/sql", post(sql::query))
         .route("/v1/export/{table}", get(sql::export))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_ready));

@@ -428,6 +428,7 @@ async fn client_credentials(st: &AppState, caller: &Caller, tenant: &str, form: 
         parent: None,
         act: None,
         context: None,
+        path: GrantPath::ClientCredentials,
     };
     let t = issue(st, tenant, &caller.name, &spec, vec![])
         .await
@@ -698,6 +699,7 @@ async fn exchange(st: &AppState, caller: &Caller, tenant: &str, form: &Form) -> 
         parent: Some(subject.jti.clone()),
         act,
         context: None,
+        path: GrantPath::Exchange,
     };
     let exchanged = DomainEvent::TokenExchanged(TokenExchanged {
         subject_token_id: subject.jti.clone(),

@@ -251,7 +251,36 @@ pub async fn append(
             )
         })
         .collect();
-    let result = st.store.append(&sid, expected, events).await.map_err(append_error)?;
+    // The issued tokens of the batch, for the record of a cutoff's refusal.
+    let issued: Vec<TokenIssued> = events
+        .iter()
+        .filter(|e| e.event_type == "TokenIssued")
+        .filter_map(|e| serde_json::from_value(e.data.clone()).ok())
+        .collect();
+    let result = match st.store.append(&sid, expected, events).await {
+        Ok(r) => r,
+        Err(AppendError::Rejected(r)) if r.kind == "minting-cutoff" => {
+            for t in &issued {
+                let record = tokenledger_domain::events::GrantRefused {
+                    path: GrantPath::Append,
+                    client_id: t.client_id.clone(),
+                    subject: Some(t.subject.clone()),
+                    requested: tokenledger_domain::events::GrantRequest {
+                        audience: Some(t.audience.clone()),
+                        scope: Some(t.scope.clone()),
+                        ttl_seconds: Some((t.expires_at - t.issued_at).num_seconds()),
+                        format: Some(t.format),
+                    },
+                    reason: tokenledger_domain::events::RefusalReason::Cutoff,
+                    detail: r.detail.clone(),
+                    cutoff_id: r.extra.get("cutoff_id").and_then(|v| v.as_str()).map(str::to_owned),
+                };
+                super::tokens::record_refusal(&st, &tenant, record).await;
+            }
+            return Err(append_error(AppendError::Rejected(r)));
+        }
+        Err(e) => return Err(append_error(e)),
+    };
     if !result.written {
         st.metrics.idempotent_replays.inc();
     }

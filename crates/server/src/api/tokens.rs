@@ -222,6 +222,7 @@ pub async fn mint(
         parent: None,
         act: None,
         context: req.context.clone(),
+        path: GrantPath::Mint,
     };
     match issue(&st, &tenant, &caller.name, &spec, vec![]).await {
         Ok(t) => Ok((
@@ -315,6 +316,7 @@ async fn replay_mint(
         parent: rec.parent.clone(),
         act: None,
         context: None,
+        path: GrantPath::Mint,
     };
     let claims = crate::tokens::issue::claims(st, &spec);
     let token = tokenledger_tokens::paseto::mint(&material.signing, &kid, &claims).map_err(ApiError::internal)?;

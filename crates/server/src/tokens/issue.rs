@@ -10,7 +10,9 @@ use crate::state::AppState;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use tokenledger_domain::DomainEvent;
-use tokenledger_domain::events::{KeyPurpose, RequestContext, TokenFormat, TokenIssued};
+use tokenledger_domain::events::{
+    GrantPath, GrantRefused, GrantRequest, KeyPurpose, RefusalReason, RequestContext, TokenFormat, TokenIssued,
+};
 use tokenledger_domain::ids::token_stream;
 use tokenledger_store::{AppendError, ExpectedRevision, StreamId};
 use tokenledger_tokens::paseto::{TokenClaims, mint};
@@ -45,6 +47,8 @@ pub struct IssueSpec {
     pub act: Option<Value>,
     /// The request that obtained the token.
     pub context: Option<RequestContext>,
+    /// The grant path, for the `GrantRefused` of a refusal by the writer.
+    pub path: GrantPath,
 }
 
 /// An issued token.
@@ -153,7 +157,28 @@ pub async fn issue(
             kid,
             position: r.events[0].position.0,
         }),
-        Err(AppendError::Rejected(r)) => Err(IssueError::Refused(r)),
+        Err(AppendError::Rejected(r)) => {
+            // A cutoff's refusal is recorded as a GrantRefused naming it (a
+            // revoked parent is recorded by the exchange, which checks it first).
+            if r.kind == "minting-cutoff" {
+                let record = GrantRefused {
+                    path: spec.path,
+                    client_id: spec.client_id.clone(),
+                    subject: Some(spec.subject.clone()),
+                    requested: GrantRequest {
+                        audience: Some(spec.audience.clone()),
+                        scope: Some(spec.scope.clone()),
+                        ttl_seconds: Some((spec.expires_at - spec.issued_at).num_seconds()),
+                        format: Some(spec.format),
+                    },
+                    reason: RefusalReason::Cutoff,
+                    detail: r.detail.clone(),
+                    cutoff_id: r.extra.get("cutoff_id").and_then(|v| v.as_str()).map(str::to_owned),
+                };
+                crate::api::tokens::record_refusal(st, tenant, record).await;
+            }
+            Err(IssueError::Refused(r))
+        }
         Err(AppendError::WrongExpectedRevision { .. } | AppendError::IdempotencyConflict { .. }) => {
             Err(IssueError::Exists)
         }

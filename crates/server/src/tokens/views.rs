@@ -166,9 +166,12 @@ impl CommitHook for LiveViews {
     }
 }
 
-/// The writer's guard over the views: refuses a `TokenIssued` exchanged
-/// from a token revoked at an earlier position (DESIGN.md "Enforcement is
-/// serialized with the log"). Revocations are barriers.
+/// The writer's guard over the views (DESIGN.md "Enforcement is serialized
+/// with the log"): refuses a `TokenIssued` exchanged from a token revoked at
+/// an earlier position (`parent-revoked`), and one that an enforced cutoff
+/// committed at an earlier position and not released matches
+/// (`minting-cutoff`, with the `cutoff_id` as an extra member), whichever
+/// path it comes by. Revocations and cutoff engages are barriers.
 pub struct ViewGuard(pub Arc<LiveViews>);
 
 impl AppendGuard for ViewGuard {
@@ -184,17 +187,96 @@ impl AppendGuard for ViewGuard {
             if e.event_type != "TokenIssued" {
                 continue;
             }
-            let Some(parent) = e.data.get("parent_token_id").and_then(|v| v.as_str()) else {
-                continue;
-            };
-            if self.0.read(&stream.tenant, |v| v.is_revoked(parent)) {
+            let parent = e.data.get("parent_token_id").and_then(|v| v.as_str());
+            if let Some(parent) = parent.filter(|p| self.0.read(&stream.tenant, |v| v.is_revoked(p))) {
                 return Err(Rejection {
                     kind: "parent-revoked".into(),
                     detail: format!("token {parent:?} was revoked; nothing can be exchanged from it"),
                     extra: Default::default(),
                 });
             }
+            // An exchange names its actor token in the same batch.
+            let actor = events
+                .iter()
+                .filter(|x| x.event_type == "TokenExchanged")
+                .find_map(|x| x.data.get("actor_token_id").and_then(|v| v.as_str()));
+            if let Some(c) = self
+                .0
+                .read(&stream.tenant, |v| cutoff_for(v, &stream.tenant, &e.data, actor))
+            {
+                let mut extra = serde_json::Map::new();
+                extra.insert("cutoff_id".into(), c.0.clone().into());
+                return Err(Rejection {
+                    kind: "minting-cutoff".into(),
+                    detail: format!("minting is cut off for {} {:?} (cutoff {})", c.1, c.2, c.0),
+                    extra,
+                });
+            }
         }
         Ok(())
     }
+}
+
+/// Longest exchange chain walked for cutoffs (the exchange depth limit is
+/// far below it; this only bounds a corrupt chain).
+const MAX_CHAIN: usize = 64;
+
+/// The enforced cutoff, committed and not released, that a `TokenIssued`
+/// with payload `data` runs into: on its tenant, issuer, client or subject,
+/// and for an exchange on the subject and client of every token up its
+/// chain (the subject token, the original client) and of the actor token.
+/// DESIGN.md "Enforcement is serialized with the log": the cutoff's expiry
+/// is decided by the server and appended as a release, so this depends on
+/// committed events only. Returns (cutoff id, scope name, key).
+fn cutoff_for(
+    v: &TenantViews,
+    tenant: &str,
+    data: &serde_json::Value,
+    actor: Option<&str>,
+) -> Option<(String, &'static str, String)> {
+    use tokenledger_domain::events::{CutoffMode, CutoffScope};
+    let mut keys: Vec<(CutoffScope, String)> = vec![(CutoffScope::Tenant, tenant.to_owned())];
+    let text = |k: &str| data.get(k).and_then(|x| x.as_str()).map(str::to_owned);
+    if let Some(i) = text("issuer") {
+        keys.push((CutoffScope::Issuer, i));
+    }
+    if let Some(c) = text("client_id") {
+        keys.push((CutoffScope::Client, c));
+    }
+    if let Some(s) = text("subject") {
+        keys.push((CutoffScope::Subject, s));
+    }
+    let mut next: Vec<String> = text("parent_token_id")
+        .into_iter()
+        .chain(actor.map(str::to_owned))
+        .collect();
+    let mut walked = 0;
+    while let Some(id) = next.pop() {
+        walked += 1;
+        if walked > MAX_CHAIN {
+            break;
+        }
+        if let Some(row) = v.token_row(&id) {
+            keys.push((CutoffScope::Subject, row.subject.to_owned()));
+            keys.push((CutoffScope::Client, row.client_id.to_owned()));
+            keys.push((CutoffScope::Issuer, row.issuer.to_owned()));
+            if let Some(p) = row.parent {
+                next.push(p.to_owned());
+            }
+        }
+    }
+    v.cutoffs
+        .values()
+        .filter(|c| c.mode == CutoffMode::Enforce && c.released_position.is_none())
+        .filter(|c| keys.iter().any(|(scope, key)| c.scope == *scope && c.key == *key))
+        .min_by_key(|c| c.engaged_position)
+        .map(|c| {
+            let scope = match c.scope {
+                CutoffScope::Subject => "subject",
+                CutoffScope::Client => "client",
+                CutoffScope::Issuer => "issuer",
+                CutoffScope::Tenant => "tenant",
+            };
+            (c.cutoff_id.clone(), scope, c.key.clone())
+        })
 }
