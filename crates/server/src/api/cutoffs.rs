@@ -7,7 +7,7 @@
 //!   "duration_seconds"}` appends `MintingCutoffEngaged` (rule `manual`,
 //!   always enforced) to the cutoff's own stream `cutoff-<id>` and answers
 //!   201 with the `cutoff_id`;
-//! * `POST /v1/cutoffs/{id}/release` — soc, admin: `{"reason"}` appends
+//! * `POST /v1/cutoffs/{id}/release` — soc, admin: `{"reason"}` (optional) appends
 //!   `MintingCutoffReleased` with expected revision 0, so of two releases
 //!   one wins and the other gets 409.
 //!
@@ -54,12 +54,13 @@ pub struct EngageBody {
     pub duration_seconds: i64,
 }
 
-/// `POST /v1/cutoffs/{id}/release` body.
+/// `POST /v1/cutoffs/{id}/release` body (may be `{}`).
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseBody {
-    /// Why (free text, NFC).
-    pub reason: String,
+    /// Why (free text, NFC); `released by hand` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 fn check_reason(reason: &str) -> Result<(), ApiError> {
@@ -160,13 +161,14 @@ pub async fn release(
     caller.require(Permission::Respond)?;
     let tenant = caller.tenant()?.to_owned();
     let req: ReleaseBody = body.parse().await?;
-    check_reason(&req.reason)?;
+    let reason = req.reason.unwrap_or_else(|| "released by hand".to_owned());
+    check_reason(&reason)?;
     let Some(c) = st.views.read(&tenant, |v| v.cutoffs.get(&id).cloned()) else {
         return Err(ApiError::not_found("cutoff-not-found", format!("no cutoff {id:?}")));
     };
     let event = MintingCutoffReleased {
         cutoff_id: c.cutoff_id.clone(),
-        reason: req.reason,
+        reason,
         by: caller.name.clone(),
     };
     let r = append_release(&st, &tenant, &caller.name, event).await?;

@@ -202,8 +202,22 @@ async fn a_subject_cutoff_stops_every_grant_path_and_a_release_lets_minting_resu
                 .await
         }
     };
-    let (st, _, b) = rel(w.soc.clone()).await;
+    // An empty body is a release "by hand".
+    let (st, _, b) = w
+        .app
+        .call(
+            "POST",
+            &format!("/v1/cutoffs/{cut}/release"),
+            Some(&w.soc),
+            Some(json!({})),
+        )
+        .await;
     assert_eq!(st, StatusCode::OK, "{b}");
+    let released = w.app.data_of(T, "MintingCutoffReleased").await;
+    assert_eq!(
+        released,
+        [json!({"cutoff_id": cut, "reason": "released by hand", "by": "soc-1"})]
+    );
     assert_problem(&rel(w.soc.clone()).await, StatusCode::CONFLICT, "cutoff-released");
     assert_eq!(w.mint("alice").await.0, StatusCode::CREATED);
     let ex = w.exchange(&alice_token).await;
