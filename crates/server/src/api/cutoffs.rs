@@ -16,6 +16,7 @@
 //! `crate::tokens::views::ViewGuard`). Expiry is the server's decision,
 //! appended as a release by [`expire_due`].
 
+use super::revocations::check_reason;
 use crate::auth::{Caller, Permission};
 use crate::problem::{ApiError, JsonBody};
 use crate::state::AppState;
@@ -26,12 +27,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokenledger_domain::DomainEvent;
 use tokenledger_domain::events::{CutoffMode, CutoffScope, Evidence, MintingCutoffEngaged, MintingCutoffReleased};
-use tokenledger_domain::ids::{check_identifier, check_text};
+use tokenledger_domain::ids::check_identifier;
 use tokenledger_domain::views::CutoffRecord;
 use tokenledger_store::{AppendError, ExpectedRevision};
 
-/// Longest reason, bytes.
-const MAX_REASON_BYTES: usize = 1024;
 /// Longest cutoff, seconds (30 days).
 pub const MAX_DURATION_SECONDS: i64 = 30 * 24 * 3600;
 
@@ -61,17 +60,6 @@ pub struct ReleaseBody {
     /// Why (free text, NFC); `released by hand` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-}
-
-fn check_reason(reason: &str) -> Result<(), ApiError> {
-    check_text("reason", reason).map_err(|e| ApiError::unprocessable("invalid-identifier", e.to_string()))?;
-    if reason.trim().is_empty() || reason.len() > MAX_REASON_BYTES {
-        return Err(ApiError::unprocessable(
-            "invalid-identifier",
-            format!("reason must be 1 to {MAX_REASON_BYTES} bytes of text"),
-        ));
-    }
-    Ok(())
 }
 
 /// A cutoff as the API shows it: the record, plus whether it is in force

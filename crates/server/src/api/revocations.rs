@@ -42,6 +42,20 @@ pub struct RevocationBody {
     pub reason: String,
 }
 
+/// Checks a person's reason (a revocation's, a cutoff's): 1 to
+/// [`MAX_REASON_BYTES`] bytes of NFC text without control or invisible
+/// characters; 422 `invalid-identifier` otherwise.
+pub(crate) fn check_reason(reason: &str) -> Result<(), ApiError> {
+    check_text("reason", reason).map_err(invalid)?;
+    if reason.trim().is_empty() || reason.len() > MAX_REASON_BYTES {
+        return Err(ApiError::unprocessable(
+            "invalid-identifier",
+            format!("reason must be 1 to {MAX_REASON_BYTES} bytes of text"),
+        ));
+    }
+    Ok(())
+}
+
 fn invalid(e: impl std::fmt::Display) -> ApiError {
     ApiError::unprocessable("invalid-identifier", e.to_string())
 }
@@ -70,13 +84,7 @@ pub async fn revoke(
             ));
         }
     };
-    check_text("reason", &req.reason).map_err(invalid)?;
-    if req.reason.trim().is_empty() || req.reason.len() > MAX_REASON_BYTES {
-        return Err(ApiError::unprocessable(
-            "invalid-identifier",
-            format!("reason must be 1 to {MAX_REASON_BYTES} bytes of text"),
-        ));
-    }
+    check_reason(&req.reason)?;
     let by = Some(caller.name.clone());
     let (stream, event, revoked) = match target {
         Target::Token(id) => {
