@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 use tokenledger_domain::DomainEvent;
 use tokenledger_domain::events::CURRENT_SCHEMA_VERSION;
-use tokenledger_domain::views::{KidOf, TenantViews};
+use tokenledger_domain::views::{KidOf, TenantViews, VIEW_TYPES};
 use tokenledger_store::{EventStore, Position, RecordedEvent, StoreError};
 use uuid::Uuid;
 
@@ -108,19 +108,6 @@ struct Checkpoints {
     position: u64,
     last_at: Instant,
 }
-
-/// Event types the views fold (others are skipped before decoding).
-const VIEW_TYPES: &[&str] = &[
-    "TokenIssued",
-    "TokenRevoked",
-    "SigningKeyAdded",
-    "SigningKeyActivated",
-    "SigningKeyRetired",
-    "SigningKeyRevoked",
-    "IssuerTrusted",
-    "MintingCutoffEngaged",
-    "MintingCutoffReleased",
-];
 
 /// The analytics projection: every tenant's `events` table and views, at
 /// one position. Cheap to share behind an `Arc`.

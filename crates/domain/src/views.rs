@@ -217,6 +217,21 @@ impl BlockKind {
     }
 }
 
+/// The event types [`TenantViews::apply`] folds; every other event only
+/// moves the views' time ([`TenantViews::advance`]). Followers skip decoding
+/// the others.
+pub const VIEW_TYPES: &[&str] = &[
+    "TokenIssued",
+    "TokenRevoked",
+    "SigningKeyAdded",
+    "SigningKeyActivated",
+    "SigningKeyRetired",
+    "SigningKeyRevoked",
+    "IssuerTrusted",
+    "MintingCutoffEngaged",
+    "MintingCutoffReleased",
+];
+
 /// A minting cutoff, from its `MintingCutoffEngaged` (and
 /// `MintingCutoffReleased`, once released).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -35,19 +35,7 @@ impl Default for LiveViews {
     }
 }
 
-/// The event types the views fold; every other event of a tenant only
-/// advances its views' now.
-pub const VIEW_TYPES: &[&str] = &[
-    "TokenIssued",
-    "TokenRevoked",
-    "SigningKeyAdded",
-    "SigningKeyActivated",
-    "SigningKeyRetired",
-    "SigningKeyRevoked",
-    "IssuerTrusted",
-    "MintingCutoffEngaged",
-    "MintingCutoffReleased",
-];
+pub use tokenledger_domain::views::VIEW_TYPES;
 
 impl LiveViews {
     /// Folds one committed event in.
