@@ -49,7 +49,7 @@ pub const CHECKPOINT_FILE: &str = "checkpoint";
 /// The `format` of the header line.
 pub const CHECKPOINT_FORMAT: &str = "tokenledger-analytics-checkpoint";
 /// The format version this build writes and reads.
-pub const CHECKPOINT_VERSION: u32 = 1;
+pub const CHECKPOINT_VERSION: u32 = 2;
 
 /// When the follower writes a checkpoint.
 #[derive(Debug, Clone)]

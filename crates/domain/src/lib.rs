@@ -17,6 +17,7 @@
 //! assert_eq!(DomainEvent::from_parts(ty, 1, &data).unwrap(), ev);
 //! ```
 
+pub mod anomalies;
 pub mod clock;
 pub mod events;
 pub mod ids;

@@ -35,6 +35,7 @@
 //! do not know (never issued, or pruned) is kept with no expiry, as before.
 //! Selector revocations, keys, issuers and cutoffs are few and never pruned.
 
+use crate::anomalies::{Detectors, Facts, KnownToken};
 use crate::events::*;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
@@ -230,6 +231,12 @@ pub const VIEW_TYPES: &[&str] = &[
     "IssuerTrusted",
     "MintingCutoffEngaged",
     "MintingCutoffReleased",
+    // The detectors' inputs (see `crate::anomalies`).
+    "TokenUsed",
+    "TokenExchanged",
+    "GrantRefused",
+    "DetectorConfigChanged",
+    "RiskSignalReceived",
 ];
 
 /// A minting cutoff, from its `MintingCutoffEngaged` (and
@@ -476,6 +483,9 @@ pub struct TenantViews {
     pub block_log: Vec<BlockLogEntry>,
     /// Minting cutoffs by id, engaged and released.
     pub cutoffs: BTreeMap<String, CutoffRecord>,
+    /// The anomaly detectors, their thresholds, the `anomalies` and
+    /// `risk_signals` views.
+    pub detect: Detectors,
 }
 
 impl Default for TenantViews {
@@ -494,6 +504,7 @@ impl Default for TenantViews {
             issuer_kids: HashMap::new(),
             block_log: Vec::new(),
             cutoffs: BTreeMap::new(),
+            detect: Detectors::default(),
         }
     }
 }
@@ -502,7 +513,55 @@ impl TenantViews {
     /// Folds one committed event at `position`, recorded at `recorded_at`:
     /// first the view's now advances to `recorded_at` (pruning what fell
     /// behind the horizon), then the event applies.
-    pub fn apply(&mut self, position: u64, recorded_at: DateTime<Utc>, event: &DomainEvent, kid_of: KidOf) {
+    pub fn apply(&mut self, position: u64, recorded_at: DateTime<Utc>, event: &DomainEvent, kid_of: KidOf) -> usize {
+        self.apply_timed(position, recorded_at, None, event, kid_of)
+    }
+
+    /// [`TenantViews::apply`] for an event that may carry a
+    /// `metadata.source_time` (imported data): the detectors then use that
+    /// time as the event time. Returns how many anomalies the event added.
+    pub fn apply_timed(
+        &mut self,
+        position: u64,
+        recorded_at: DateTime<Utc>,
+        source_time: Option<DateTime<Utc>>,
+        event: &DomainEvent,
+        kid_of: KidOf,
+    ) -> usize {
+        self.fold(position, recorded_at, event, kid_of);
+        let facts = self.facts(event);
+        let at = source_time.unwrap_or(recorded_at).timestamp();
+        self.detect.apply(position, at, recorded_at, event, &facts)
+    }
+
+    /// What the detectors need from the views about `event`, after it applied.
+    fn facts(&self, event: &DomainEvent) -> Facts {
+        let known = |id: &str| {
+            self.tokens.get(id).map(|t| KnownToken {
+                subject: self.strings.resolve(t.subject).to_owned(),
+                client_id: self.strings.resolve(t.client_id).to_owned(),
+                scope: self.strings.resolve(t.scope).to_owned(),
+                revoked: self.is_revoked(id),
+            })
+        };
+        match event {
+            DomainEvent::TokenUsed(u) => Facts {
+                token: u.token_id.as_deref().and_then(known),
+                depth: 0,
+            },
+            DomainEvent::TokenExchanged(x) => Facts {
+                token: known(&x.subject_token_id),
+                depth: 0,
+            },
+            DomainEvent::TokenIssued(t) if t.parent_token_id.is_some() => Facts {
+                token: None,
+                depth: self.chain_depth(&t.token_id),
+            },
+            _ => Facts::default(),
+        }
+    }
+
+    fn fold(&mut self, position: u64, recorded_at: DateTime<Utc>, event: &DomainEvent, kid_of: KidOf) {
         self.advance(recorded_at);
         match event {
             DomainEvent::TokenIssued(t) => self.issue(position, t),
@@ -1056,6 +1115,7 @@ impl TenantViews {
             "issuer_kids": issuer_kids,
             "block_log": block_log,
             "cutoffs": cutoffs,
+            "detect": self.detect.canonical(),
         }))
     }
 
@@ -1121,6 +1181,7 @@ impl TenantViews {
             issuers,
             issuer_kids,
             cutoffs: self.cutoffs.values().cloned().collect(),
+            detect: self.detect.clone(),
         }
     }
 
@@ -1241,6 +1302,7 @@ impl TenantViews {
         v.issuers = s.issuers.into_iter().map(|i| (i.name.clone(), i)).collect();
         v.issuer_kids = s.issuer_kids.into_iter().map(|(kid, n, k)| (kid, (n, k))).collect();
         v.cutoffs = s.cutoffs.into_iter().map(|c| (c.cutoff_id.clone(), c)).collect();
+        v.detect = s.detect;
         Ok(v)
     }
 }
@@ -1331,6 +1393,7 @@ pub struct ViewsSnapshot {
     issuers: Vec<IssuerTrusted>,
     issuer_kids: Vec<(String, String, String)>,
     cutoffs: Vec<CutoffRecord>,
+    detect: Detectors,
 }
 
 /// One token of a [`ViewsSnapshot`], written as a JSON array for

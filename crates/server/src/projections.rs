@@ -67,7 +67,7 @@ pub const SNAPSHOT_FILE: &str = "views.snapshot";
 /// The `format` of the header line.
 pub const SNAPSHOT_FORMAT: &str = "tokenledger-views-snapshot";
 /// The snapshot format version this build writes and reads.
-pub const SNAPSHOT_VERSION: u32 = 1;
+pub const SNAPSHOT_VERSION: u32 = 2;
 
 /// `<data_dir>/projections/views.snapshot`.
 pub fn snapshot_path(data_dir: &Path) -> PathBuf {

@@ -23,6 +23,10 @@ pub struct LiveViews {
     /// Bumped with the position of every new block-list entry, so a
     /// long-polling validator wakes up.
     blocks: tokio::sync::watch::Sender<u64>,
+    /// Bumped with the position of every event that added an anomaly, a
+    /// risk signal or a detector configuration, so the alert stream, the
+    /// webhooks and the cutoff rules wake up.
+    detections: tokio::sync::watch::Sender<u64>,
 }
 
 impl Default for LiveViews {
@@ -31,6 +35,7 @@ impl Default for LiveViews {
             tenants: RwLock::default(),
             head: AtomicU64::new(0),
             blocks: tokio::sync::watch::channel(0).0,
+            detections: tokio::sync::watch::channel(0).0,
         }
     }
 }
@@ -40,18 +45,23 @@ pub use tokenledger_domain::views::VIEW_TYPES;
 impl LiveViews {
     /// Folds one committed event in.
     pub fn apply(&self, e: &RecordedEvent) {
-        let blocked = self.fold(e);
+        let (blocked, detected) = self.fold(e);
         // After the fold: every entry at or before the head is in the views.
         self.head.fetch_max(e.position.0, Ordering::AcqRel);
         if blocked {
             self.blocks.send_replace(e.position.0);
         }
+        if detected {
+            self.detections.send_replace(e.position.0);
+        }
     }
 
-    /// Folds the event; true if it added a block-list entry. An event of
+    /// Folds the event; returns whether it added a block-list entry and
+    /// whether it added an anomaly, a risk signal or a detector
+    /// configuration. An event of
     /// another type advances the tenant's views' now (when they exist and
     /// it moves), so pruning follows every event of the tenant.
-    fn fold(&self, e: &RecordedEvent) -> bool {
+    fn fold(&self, e: &RecordedEvent) -> (bool, bool) {
         if !VIEW_TYPES.contains(&e.event_type.as_str()) {
             let at = e.recorded_at.timestamp();
             let behind = {
@@ -65,24 +75,28 @@ impl LiveViews {
                     Arc::make_mut(v).advance(e.recorded_at);
                 }
             }
-            return false;
+            return (false, false);
         }
         match DomainEvent::from_parts(&e.event_type, CURRENT_SCHEMA_VERSION, &e.data) {
             Ok(ev) => {
                 let mut t = self.tenants.write().unwrap_or_else(|p| p.into_inner());
                 let v = Arc::make_mut(t.entry(e.tenant.clone()).or_default());
                 let before = v.block_log.len();
-                v.apply(
+                let source = tokenledger_domain::anomalies::source_time(&e.metadata);
+                let added = v.apply_timed(
                     e.position.0,
                     e.recorded_at,
+                    source,
                     &ev,
                     tokenledger_tokens::keys::kid_of_public,
                 );
-                v.block_log.len() > before
+                let detected = added > 0
+                    || matches!(ev, DomainEvent::RiskSignalReceived(_) | DomainEvent::DetectorConfigChanged(_));
+                (v.block_log.len() > before, detected)
             }
             Err(err) => {
                 tracing::error!(position = e.position.0, error = %err, "undecodable event skipped by the views");
-                false
+                (false, false)
             }
         }
     }
@@ -114,6 +128,13 @@ impl LiveViews {
     /// A receiver woken by every new block-list entry.
     pub fn watch_blocks(&self) -> tokio::sync::watch::Receiver<u64> {
         self.blocks.subscribe()
+    }
+
+    /// A receiver woken (with its position) by every event that added an
+    /// anomaly or a risk signal or changed a tenant's detector
+    /// configuration.
+    pub fn watch_detections(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.detections.subscribe()
     }
 
     /// Every tenant's views at the current head, without copying them:
