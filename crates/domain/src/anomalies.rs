@@ -122,9 +122,7 @@ impl AnomalyKind {
             AnomalyKind::UseAfterRevocation | AnomalyKind::ConcurrentUse | AnomalyKind::ExchangeEscalation => {
                 Severity::High
             }
-            AnomalyKind::MintBurst | AnomalyKind::VerifyFailureSpike | AnomalyKind::ExchangeDepth => {
-                Severity::Medium
-            }
+            AnomalyKind::MintBurst | AnomalyKind::VerifyFailureSpike | AnomalyKind::ExchangeDepth => Severity::Medium,
             AnomalyKind::NewDevice => Severity::Low,
         }
     }
@@ -461,7 +459,14 @@ impl Detectors {
     /// Runs the detectors on one event at `position`, event time `at` (Unix
     /// seconds, UTC), with `facts` read from the views (after the views
     /// applied the event). Returns how many anomalies it added.
-    pub fn apply(&mut self, position: u64, at: i64, recorded_at: DateTime<Utc>, event: &DomainEvent, facts: &Facts) -> usize {
+    pub fn apply(
+        &mut self,
+        position: u64,
+        at: i64,
+        recorded_at: DateTime<Utc>,
+        event: &DomainEvent,
+        facts: &Facts,
+    ) -> usize {
         if at >= self.next_sweep {
             self.sweep(at);
         }
@@ -472,13 +477,19 @@ impl Detectors {
             DomainEvent::TokenExchanged(x) => {
                 if let (Some(tok), Some(asked)) = (&facts.token, &x.requested_scope) {
                     let held: Vec<&str> = tok.scope.split(' ').collect();
-                    let wider: Vec<&str> = asked.split(' ').filter(|s| !s.is_empty() && !held.contains(s)).collect();
+                    let wider: Vec<&str> = asked
+                        .split(' ')
+                        .filter(|s| !s.is_empty() && !held.contains(s))
+                        .collect();
                     if !wider.is_empty() {
                         let mut h = Hit::new(
                             AnomalyKind::ExchangeEscalation,
                             "token",
                             &x.subject_token_id,
-                            format!("exchange asked for scope {:?} the subject token does not hold", wider.join(" ")),
+                            format!(
+                                "exchange asked for scope {:?} the subject token does not hold",
+                                wider.join(" ")
+                            ),
                         );
                         h.subject = Some(tok.subject.clone());
                         h.client_id = Some(x.client_id.clone());
@@ -633,11 +644,21 @@ impl Detectors {
         };
         // The ledger's record names the subject and client when it has one;
         // else the verified claims do.
-        let subject = facts.token.as_ref().map(|t| t.subject.clone()).or_else(|| u.subject.clone());
-        let client = facts.token.as_ref().map(|t| t.client_id.clone()).or_else(|| u.client_id.clone());
+        let subject = facts
+            .token
+            .as_ref()
+            .map(|t| t.subject.clone())
+            .or_else(|| u.subject.clone());
+        let client = facts
+            .token
+            .as_ref()
+            .map(|t| t.client_id.clone())
+            .or_else(|| u.client_id.clone());
         if let Some(kind) = kind {
             let detail = match kind {
-                AnomalyKind::UseAfterRevocation => format!("revoked token presented to {} at {}", u.audience, u.validator),
+                AnomalyKind::UseAfterRevocation => {
+                    format!("revoked token presented to {} at {}", u.audience, u.validator)
+                }
                 AnomalyKind::NeverIssued => "validly signed token with no matching TokenIssued".to_owned(),
                 _ => "token signed by a revoked key presented".to_owned(),
             };
@@ -666,7 +687,14 @@ impl Detectors {
                 let mut ev: Vec<u64> = others.iter().map(|(_, _, p)| *p).collect();
                 ev.push(position);
                 let nets: Vec<&str> = others.iter().map(|(n, _, _)| n.as_str()).collect();
-                concurrent = Some((format!("used from {net} and {} within {} s", nets.join(", "), th.concurrent_use_window_seconds), ev));
+                concurrent = Some((
+                    format!(
+                        "used from {net} and {} within {} s",
+                        nets.join(", "),
+                        th.concurrent_use_window_seconds
+                    ),
+                    ev,
+                ));
             }
             state.nets.retain(|(n, _, _)| *n != net);
             state.nets.push((net, at, position));
@@ -676,7 +704,14 @@ impl Detectors {
             if concurrent.is_none() && !others.is_empty() {
                 let mut ev: Vec<u64> = others.iter().map(|(_, _, p)| *p).collect();
                 ev.push(position);
-                concurrent = Some((format!("used from {} devices within {} s", others.len() + 1, th.concurrent_use_window_seconds), ev));
+                concurrent = Some((
+                    format!(
+                        "used from {} devices within {} s",
+                        others.len() + 1,
+                        th.concurrent_use_window_seconds
+                    ),
+                    ev,
+                ));
             }
             state.devices.retain(|(d, _, _)| d != dev);
             state.devices.push((dev.clone(), at, position));
@@ -695,11 +730,11 @@ impl Detectors {
         }
         // New device or agent: for the token, and for a workload (a token
         // whose subject is its own client) across its tokens.
-        let agent = ctx
-            .device_id
-            .as_ref()
-            .map(|d| format!("device:{d}"))
-            .or_else(|| ctx.user_agent.as_ref().map(|a| format!("agent:{}", a.chars().take(256).collect::<String>())));
+        let agent = ctx.device_id.as_ref().map(|d| format!("device:{d}")).or_else(|| {
+            ctx.user_agent
+                .as_ref()
+                .map(|a| format!("agent:{}", a.chars().take(256).collect::<String>()))
+        });
         if let Some(agent) = agent {
             let mut fresh = false;
             if !state.seen.contains(&agent) {
@@ -720,9 +755,18 @@ impl Detectors {
                 }
             }
             if fresh || fresh_workload {
-                let (by, key) = if fresh { ("token", token_id.clone()) } else { ("client", client.clone().unwrap_or_default()) };
+                let (by, key) = if fresh {
+                    ("token", token_id.clone())
+                } else {
+                    ("client", client.clone().unwrap_or_default())
+                };
                 let whose = if fresh { "token" } else { "workload" };
-                let mut h = Hit::new(AnomalyKind::NewDevice, by, &key, format!("first use of the {whose} from {agent}"));
+                let mut h = Hit::new(
+                    AnomalyKind::NewDevice,
+                    by,
+                    &key,
+                    format!("first use of the {whose} from {agent}"),
+                );
                 h.subject = subject;
                 h.client_id = client;
                 h.token_id = Some(token_id.clone());
@@ -740,7 +784,11 @@ impl Detectors {
             ("subject", &t.subject, th.mint_burst_per_subject),
             ("client", &t.client_id, th.mint_burst_per_client),
         ] {
-            let map = if by == "subject" { &mut self.mints_by_subject } else { &mut self.mints_by_client };
+            let map = if by == "subject" {
+                &mut self.mints_by_subject
+            } else {
+                &mut self.mints_by_client
+            };
             let w = map.entry(key.clone()).or_default();
             trim(w, from);
             w.push_back((at, position));
@@ -752,7 +800,10 @@ impl Detectors {
                     AnomalyKind::MintBurst,
                     by,
                     key,
-                    format!("more than {max} tokens for {by} {key} within {} s", th.mint_burst_window_seconds),
+                    format!(
+                        "more than {max} tokens for {by} {key} within {} s",
+                        th.mint_burst_window_seconds
+                    ),
                 );
                 h.subject = Some(t.subject.clone());
                 h.client_id = Some(t.client_id.clone());
@@ -768,7 +819,10 @@ impl Detectors {
                 AnomalyKind::ExchangeDepth,
                 "token",
                 &t.token_id,
-                format!("exchange chain {} deep (more than {})", facts.depth, th.exchange_max_depth),
+                format!(
+                    "exchange chain {} deep (more than {})",
+                    facts.depth, th.exchange_max_depth
+                ),
             );
             h.subject = Some(t.subject.clone());
             h.client_id = Some(t.client_id.clone());
@@ -784,10 +838,14 @@ impl Detectors {
         self.next_sweep = at.saturating_add(60);
         let th = self.thresholds;
         let keep = |w: &Window, span: i64| w.back().is_some_and(|(t, _)| *t >= at - span);
-        self.mints_by_subject.retain(|_, w| keep(w, th.mint_burst_window_seconds));
-        self.mints_by_client.retain(|_, w| keep(w, th.mint_burst_window_seconds));
-        self.failures_by_ip.retain(|_, w| keep(w, th.verify_failure_window_seconds));
-        self.failures_by_validator.retain(|_, w| keep(w, th.verify_failure_window_seconds));
+        self.mints_by_subject
+            .retain(|_, w| keep(w, th.mint_burst_window_seconds));
+        self.mints_by_client
+            .retain(|_, w| keep(w, th.mint_burst_window_seconds));
+        self.failures_by_ip
+            .retain(|_, w| keep(w, th.verify_failure_window_seconds));
+        self.failures_by_validator
+            .retain(|_, w| keep(w, th.verify_failure_window_seconds));
         self.uses.retain(|_, u| u.last >= at - USE_MEMORY_SECONDS);
         self.reported.retain(|_, t| *t >= at - th.realert_seconds);
         self.risk_signals.retain(|r| r.expires_at.timestamp() > at);

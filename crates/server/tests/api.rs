@@ -7,6 +7,8 @@
 #[path = "api/support.rs"]
 mod support;
 
+#[path = "api/anomalies.rs"]
+mod anomalies;
 #[path = "api/append.rs"]
 mod append;
 #[path = "api/authz.rs"]

@@ -2,6 +2,7 @@
 //! `oneshot`. Handlers are thin: each first takes the authenticated
 //! [`Caller`](crate::auth::Caller) and checks its role and tenant.
 
+mod anomalies;
 mod blocklist;
 mod clients;
 pub mod cutoffs;
@@ -54,6 +55,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/revocations", post(revocations::revoke))
         .route("/v1/uses", post(uses::report))
         .route("/v1/issuers/{name}", put(issuers::trust))
+        .route("/v1/anomalies", get(anomalies::list))
+        .route("/v1/anomalies/stream", get(anomalies::stream))
         .route("/v1/cutoffs", get(cutoffs::list).post(cutoffs::engage))
         .route("/v1/cutoffs/{id}/release", post(cutoffs::release))
         .route("/v1/sql", post(sql::query))
