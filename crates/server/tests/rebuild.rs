@@ -54,9 +54,18 @@ enum Op {
         ttl: i64,
         parent: Option<usize>,
     },
-    /// A validator reports a use (not folded by the views, but it moves
-    /// their time on).
-    Use { tenant: usize, token: usize },
+    /// A validator reports a use (folded by the anomaly detectors).
+    Use {
+        tenant: usize,
+        token: usize,
+        /// Which of three networks and devices it came from (anomalies:
+        /// concurrent use, new device); `revoked`: refused as revoked.
+        from: usize,
+        revoked: bool,
+    },
+    /// The tenant's detector thresholds change (a small mint-burst
+    /// threshold, so bursts happen).
+    Detectors { tenant: usize, burst: usize },
     /// A revocation by id (of an earlier token, or an unknown id).
     RevokeId { tenant: usize, token: usize, unknown: bool },
     /// A revocation by selector.
@@ -84,7 +93,9 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0i64..900).prop_map(Op::Advance),
         6 => (0..2usize, 0..4usize, 0..3usize, 0..3usize, 30i64..1500, prop::option::weighted(0.35, 0..40usize))
             .prop_map(|(tenant, subject, client, scope, ttl, parent)| Op::Issue { tenant, subject, client, scope, ttl, parent }),
-        2 => (0..2usize, 0..40usize).prop_map(|(tenant, token)| Op::Use { tenant, token }),
+        2 => (0..2usize, 0..40usize, 0..3usize, prop::bool::weighted(0.2))
+            .prop_map(|(tenant, token, from, revoked)| Op::Use { tenant, token, from, revoked }),
+        1 => (0..2usize, 1..4usize).prop_map(|(tenant, burst)| Op::Detectors { tenant, burst }),
         2 => (0..2usize, 0..40usize, prop::bool::weighted(0.1))
             .prop_map(|(tenant, token, unknown)| Op::RevokeId { tenant, token, unknown }),
         1 => (0..2usize, 0..3usize, 0..4usize).prop_map(|(tenant, scope, key)| Op::RevokeSelector { tenant, scope, key }),
@@ -196,13 +207,36 @@ async fn run(ops: Vec<Op>, dir: &Path) -> (String, String) {
                 .await;
                 issued.push((tenant, id));
             }
-            Op::Use { tenant, token } => {
+            Op::Use {
+                tenant,
+                token,
+                from,
+                revoked,
+            } => {
                 let id = issued
                     .get(token % issued.len().max(1))
                     .map_or("none".into(), |x| x.1.clone());
-                let data = json!({"validator": "gw", "audience": "api://orders", "outcome": "accepted",
-                    "at": iso(now), "token_id": id});
+                let ctx = json!({"ip": format!("198.51.{from}.7"), "device_id": format!("dev-{from}")});
+                let data = if revoked {
+                    json!({"validator": "gw", "audience": "api://orders", "outcome": "rejected",
+                        "reason": "revoked", "at": iso(now), "token_id": id, "context": ctx})
+                } else {
+                    json!({"validator": "gw", "audience": "api://orders", "outcome": "accepted",
+                        "at": iso(now), "token_id": id, "context": ctx})
+                };
                 append(&live.store, TENANTS[tenant], "uses-gw", "TokenUsed", data).await;
+            }
+            Op::Detectors { tenant, burst } => {
+                let data = json!({"tenant": TENANTS[tenant],
+                    "thresholds": {"mint_burst_per_subject": burst, "realert_seconds": 60}});
+                append(
+                    &live.store,
+                    TENANTS[tenant],
+                    "detector-config",
+                    "DetectorConfigChanged",
+                    data,
+                )
+                .await;
             }
             Op::RevokeId { tenant, token, unknown } => {
                 let id = match issued.get(token % issued.len().max(1)) {
@@ -368,6 +402,8 @@ fn a_long_history_prunes_and_still_rebuilds_equal() {
         ops.push(Op::Use {
             tenant: i % 2,
             token: i,
+            from: i % 3,
+            revoked: false,
         });
     }
     let (live, rebuilt) = runtime().block_on(run(ops, dir.path()));
@@ -480,9 +516,11 @@ fn an_unusable_snapshot_means_a_full_replay() {
         assert_eq!(r.state.projections.canonical(None).to_string(), offline(&r.store).await);
 
         // An unknown format version.
-        let text = String::from_utf8(good.clone())
-            .unwrap()
-            .replacen("\"version\":1", "\"version\":99", 1);
+        let text = String::from_utf8(good.clone()).unwrap().replacen(
+            &format!("\"version\":{}", projections::SNAPSHOT_VERSION),
+            "\"version\":99",
+            1,
+        );
         std::fs::write(&path, text).unwrap();
         assert!(read_snapshot(&path).is_err());
         let r = start(live.store.restarted(), clock, dir.path()).await;
