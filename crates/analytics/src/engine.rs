@@ -339,7 +339,8 @@ impl Analytics {
                 match DomainEvent::from_parts(&e.event_type, CURRENT_SCHEMA_VERSION, &e.data) {
                     Ok(ev) => {
                         let source = tokenledger_domain::anomalies::source_time(&e.metadata);
-                        t.views.apply_timed(e.position.0, e.recorded_at, source, &ev, self.kid_of);
+                        t.views
+                            .apply_timed(e.position.0, e.recorded_at, source, &ev, self.kid_of);
                     }
                     Err(err) => {
                         tracing::error!(position = e.position.0, error = %err, "undecodable event skipped by analytics")

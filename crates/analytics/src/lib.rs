@@ -2,8 +2,8 @@
 //!
 //! * [`events`] — the `events` table: envelope plus typed columns, never
 //!   sealed keys or secret hashes;
-//! * [`tables`] — the views `active_tokens`, `block_list`, `keys`, `cutoffs`
-//!   as Arrow tables;
+//! * [`tables`] — the views `active_tokens`, `block_list`, `keys`, `cutoffs`,
+//!   `anomalies`, `risk_signals` as Arrow tables;
 //! * [`engine`] — [`Analytics`], the projection that follows `$all` and
 //!   answers read-only queries per tenant with DataFusion;
 //! * [`checkpoint`] — the projection's checkpoints, so a restart resumes

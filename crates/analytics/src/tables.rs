@@ -1,6 +1,8 @@
 //! The views as SQL tables: `active_tokens`, `block_list`, `keys`,
-//! `cutoffs` (DESIGN.md "Projections"). Built from one tenant's
-//! [`TenantViews`] when a query takes its snapshot.
+//! `cutoffs`, `anomalies`, `risk_signals` (DESIGN.md "Projections"). Built
+//! from one tenant's [`TenantViews`] when a query takes its snapshot, or
+//! when a cutoff rule runs over the live views (one table at a time with
+//! [`view`]).
 
 use crate::events::utc_micros;
 use chrono::{DateTime, Utc};
@@ -8,6 +10,7 @@ use datafusion::arrow::array::{ArrayRef, BooleanBuilder, StringBuilder, Timestam
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use std::sync::{Arc, LazyLock};
+use tokenledger_domain::anomalies::severity_name;
 use tokenledger_domain::views::{BlockKind, TenantViews};
 
 fn ts() -> TimestampMicrosecondBuilder {
@@ -170,14 +173,142 @@ fn cutoffs(v: &TenantViews, now: DateTime<Utc>) -> RecordBatch {
     batch(cutoffs_schema(), cols)
 }
 
+/// The names of the view tables, in the order [`views`] builds them.
+pub const VIEW_TABLES: [&str; 6] = [
+    "active_tokens",
+    "block_list",
+    "keys",
+    "cutoffs",
+    "anomalies",
+    "risk_signals",
+];
+
 /// Every view table of one tenant at the time of the question `now`.
 pub fn views(v: &TenantViews, now: DateTime<Utc>) -> Vec<(&'static str, SchemaRef, Vec<RecordBatch>)> {
-    vec![
-        ("active_tokens", active_tokens_schema(), vec![active_tokens(v, now)]),
-        ("block_list", block_list_schema(), vec![block_list(v)]),
-        ("keys", keys_schema(), vec![keys(v)]),
-        ("cutoffs", cutoffs_schema(), vec![cutoffs(v, now)]),
-    ]
+    VIEW_TABLES.iter().filter_map(|name| view(v, name, now)).collect()
+}
+
+/// One view table of one tenant at the time of the question `now`, by
+/// name (one of [`VIEW_TABLES`]); `None` for another name.
+pub fn view(v: &TenantViews, name: &str, now: DateTime<Utc>) -> Option<(&'static str, SchemaRef, Vec<RecordBatch>)> {
+    Some(match name {
+        "active_tokens" => ("active_tokens", active_tokens_schema(), vec![active_tokens(v, now)]),
+        "block_list" => ("block_list", block_list_schema(), vec![block_list(v)]),
+        "keys" => ("keys", keys_schema(), vec![keys(v)]),
+        "cutoffs" => ("cutoffs", cutoffs_schema(), vec![cutoffs(v, now)]),
+        "anomalies" => ("anomalies", anomalies_schema(), vec![anomalies(v)]),
+        "risk_signals" => ("risk_signals", risk_signals_schema(), vec![risk_signals(v, now)]),
+        _ => return None,
+    })
+}
+
+/// `anomalies`: the detectors' hits kept in the view (DESIGN.md
+/// "Projections"; kept `anomaly_retention_seconds`). Columns: `anomaly_id`
+/// (`a-<position>-<kind>-<by>`), `kind` (`use_after_revocation`,
+/// `never_issued`, `concurrent_use`, `new_device`, `mint_burst`,
+/// `verify_failure_spike`, `exchange_escalation`, `exchange_depth`,
+/// `revoked_key_use`), `severity` (`low`, `medium`, `high`, `critical`),
+/// `position` (UInt64, of the triggering event), `detected_at` (UTC, its
+/// event time), `subject`, `client_id`, `token_id` (verified; null when the
+/// hit is not about one), `ip`, `validator`, `evidence` (text,
+/// comma-separated positions of the events it rests on, ascending, the
+/// triggering one last), `detail` (for a person).
+pub fn anomalies_schema() -> SchemaRef {
+    static S: LazyLock<SchemaRef> = LazyLock::new(|| {
+        schema(&[
+            ("anomaly_id", DataType::Utf8, false),
+            ("kind", DataType::Utf8, false),
+            ("severity", DataType::Utf8, false),
+            ("position", DataType::UInt64, false),
+            ("detected_at", utc_micros(), false),
+            ("subject", DataType::Utf8, true),
+            ("client_id", DataType::Utf8, true),
+            ("token_id", DataType::Utf8, true),
+            ("ip", DataType::Utf8, true),
+            ("validator", DataType::Utf8, true),
+            ("evidence", DataType::Utf8, false),
+            ("detail", DataType::Utf8, false),
+        ])
+    });
+    S.clone()
+}
+
+/// `risk_signals`: the external risk feed's signals in force — recorded
+/// (`RiskSignalReceived`) and not expired at the time of the question.
+/// Columns: `position` (UInt64, of the `RiskSignalReceived`), `received_at`
+/// (UTC), `source`, `subject`, `client_id`, `ip` (at least one of the three
+/// set), `level` (`low`, `medium`, `high`, `critical`), `kind` (the feed's
+/// own), `expires_at` (UTC).
+pub fn risk_signals_schema() -> SchemaRef {
+    static S: LazyLock<SchemaRef> = LazyLock::new(|| {
+        schema(&[
+            ("position", DataType::UInt64, false),
+            ("received_at", utc_micros(), false),
+            ("source", DataType::Utf8, false),
+            ("subject", DataType::Utf8, true),
+            ("client_id", DataType::Utf8, true),
+            ("ip", DataType::Utf8, true),
+            ("level", DataType::Utf8, false),
+            ("kind", DataType::Utf8, false),
+            ("expires_at", utc_micros(), false),
+        ])
+    });
+    S.clone()
+}
+
+fn anomalies(v: &TenantViews) -> RecordBatch {
+    let mut text: Vec<StringBuilder> = (0..3).map(|_| StringBuilder::new()).collect();
+    let mut pos = UInt64Builder::new();
+    let mut at = ts();
+    let mut about: Vec<StringBuilder> = (0..5).map(|_| StringBuilder::new()).collect();
+    let (mut evidence, mut detail) = (StringBuilder::new(), StringBuilder::new());
+    for a in &v.detect.anomalies {
+        text[0].append_value(&a.anomaly_id);
+        text[1].append_value(a.kind.as_str());
+        text[2].append_value(severity_name(a.severity));
+        pos.append_value(a.position);
+        at.append_value(a.detected_at.timestamp_micros());
+        let vals = [&a.subject, &a.client_id, &a.token_id, &a.ip, &a.validator];
+        for (b, v) in about.iter_mut().zip(vals) {
+            b.append_option(v.as_deref());
+        }
+        let list: Vec<String> = a.evidence.iter().map(u64::to_string).collect();
+        evidence.append_value(list.join(","));
+        detail.append_value(&a.detail);
+    }
+    let mut cols: Vec<ArrayRef> = text.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef).collect();
+    cols.push(Arc::new(pos.finish()));
+    cols.push(Arc::new(at.finish()));
+    cols.extend(about.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+    cols.push(Arc::new(evidence.finish()));
+    cols.push(Arc::new(detail.finish()));
+    batch(anomalies_schema(), cols)
+}
+
+fn risk_signals(v: &TenantViews, now: DateTime<Utc>) -> RecordBatch {
+    let mut pos = UInt64Builder::new();
+    let (mut received, mut expires) = (ts(), ts());
+    let mut text: Vec<StringBuilder> = (0..6).map(|_| StringBuilder::new()).collect();
+    for r in v.detect.risk_signals.iter().filter(|r| r.expires_at > now) {
+        pos.append_value(r.position);
+        received.append_value(r.received_at.timestamp_micros());
+        let vals = [
+            Some(r.source.as_str()),
+            r.subject.as_deref(),
+            r.client_id.as_deref(),
+            r.ip.as_deref(),
+            Some(severity_name(r.level)),
+            Some(r.kind.as_str()),
+        ];
+        for (b, v) in text.iter_mut().zip(vals) {
+            b.append_option(v);
+        }
+        expires.append_value(r.expires_at.timestamp_micros());
+    }
+    let mut cols: Vec<ArrayRef> = vec![Arc::new(pos.finish()), Arc::new(received.finish())];
+    cols.extend(text.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+    cols.push(Arc::new(expires.finish()));
+    batch(risk_signals_schema(), cols)
 }
 
 fn batch(schema: SchemaRef, cols: Vec<ArrayRef>) -> RecordBatch {

@@ -237,7 +237,7 @@ async fn ddl_dml_and_statements_are_refused_and_change_nothing() {
         .unwrap();
     assert_eq!(
         tokenledger_analytics::encode::to_json(&b[0].schema(), &b)["rows"],
-        serde_json::json!([[16]])
+        serde_json::json!([[20]])
     );
 }
 

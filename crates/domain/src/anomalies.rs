@@ -527,20 +527,18 @@ impl Detectors {
                 self.rules = Some(c.rules.clone());
                 self.config_position = Some(position);
             }
-            DomainEvent::RiskSignalReceived(r) => {
-                if r.expires_at.timestamp() > at {
-                    self.risk_signals.push(RiskSignal {
-                        position,
-                        received_at: recorded_at,
-                        source: r.source.clone(),
-                        subject: r.subject.clone(),
-                        client_id: r.client_id.clone(),
-                        ip: r.ip.clone(),
-                        level: r.level,
-                        kind: r.kind.clone(),
-                        expires_at: r.expires_at,
-                    });
-                }
+            DomainEvent::RiskSignalReceived(r) if r.expires_at.timestamp() > at => {
+                self.risk_signals.push(RiskSignal {
+                    position,
+                    received_at: recorded_at,
+                    source: r.source.clone(),
+                    subject: r.subject.clone(),
+                    client_id: r.client_id.clone(),
+                    ip: r.ip.clone(),
+                    level: r.level,
+                    kind: r.kind.clone(),
+                    expires_at: r.expires_at,
+                });
             }
             _ => {}
         }

@@ -19,6 +19,9 @@
 //! | `--clock-skew-seconds` / `clock_skew_seconds` | `TOKENLEDGER_CLOCK_SKEW_SECONDS` | `60` | client times further than this from the writer's clock are refused (422) |
 //! | `--verify-leeway-seconds` / `verify_leeway_seconds` | `TOKENLEDGER_VERIFY_LEEWAY_SECONDS` | `30` | `exp`/`nbf` leeway, at most 300 |
 //! | `--cutoff-mode` / `cutoff_mode` | `TOKENLEDGER_CUTOFF_MODE` | `enforce` | `enforce`, `dry_run` or `off` for rule cutoffs |
+//! | `--verify-refuses-cut-off` / `verify_refuses_cut_off` | `TOKENLEDGER_VERIFY_REFUSES_CUT_OFF` | `false` | verify and introspect also refuse (reason `cutoff`) tokens of a subject under an enforced cutoff |
+//! | `--rules-file` / `rules_file` | `TOKENLEDGER_RULES_FILE` | none | TOML file of cutoff rules (`[[rule]]`, see `crate::rules`) |
+//! | `--rules-interval-seconds` / `rules_interval_seconds` | `TOKENLEDGER_RULES_INTERVAL_SECONDS` | `10` | the cutoff rules also run this often (at least 1), besides on every new anomaly, risk signal or detector config |
 //! | `--bootstrap-token` / `bootstrap_token` | `TOKENLEDGER_BOOTSTRAP_TOKEN` | generated into `<data-dir>/bootstrap.token` (0600) | the bootstrap secret, ≥ 32 bytes |
 //! | `--kek-file` / `kek_file` | `TOKENLEDGER_KEK_FILE` | `<data-dir>/kek`, generated (0600) for a new ledger only | the key-encryption key that seals signing keys, 32 bytes hex; a ledger whose KEK is missing, or whose signing keys do not open under it, does not start |
 //! | `--issuer-name` / `issuer_name` | `TOKENLEDGER_ISSUER_NAME` | `tokenledger` | `iss` of minted tokens |
@@ -26,6 +29,7 @@
 //! | `--key-rotation-seconds` / `key_rotation_seconds` | `TOKENLEDGER_KEY_ROTATION_SECONDS` | `2592000` | scheduled rotation period (0: never) |
 //! | `--max-token-ttl-seconds` / `max_token_ttl_seconds` | `TOKENLEDGER_MAX_TOKEN_TTL_SECONDS` | `86400` | no policy grants longer; a retired key verifies this long |
 //! | `--max-exchange-depth` / `max_exchange_depth` | `TOKENLEDGER_MAX_EXCHANGE_DEPTH` | `4` | deepest token-exchange chain |
+//! | `--webhook-allow` / `webhook_allow` | `TOKENLEDGER_WEBHOOK_ALLOW` | none | hosts and CIDRs alert webhooks may target although not public (loopback, private, link-local, …), comma-separated (a TOML array too); their URLs may be plain `http://` |
 //! | `--sql-memory-mb` / `sql_memory_mb` | `TOKENLEDGER_SQL_MEMORY_MB` | `512` | memory one SQL query may reserve (sorts, joins, aggregations), MiB |
 //! | `--sql-timeout-seconds` / `sql_timeout_seconds` | `TOKENLEDGER_SQL_TIMEOUT_SECONDS` | `30` | time one SQL query may take |
 //! | `--sql-max-rows` / `sql_max_rows` | `TOKENLEDGER_SQL_MAX_ROWS` | `100000` | rows one `POST /v1/sql` answer may hold (exports are not capped) |
@@ -124,6 +128,10 @@ settings! {
         verify_leeway_seconds: u32 = 30, env = "TOKENLEDGER_VERIFY_LEEWAY_SECONDS";
         /// What rule-engaged cutoffs do: enforce, dry_run or off.
         cutoff_mode: CutoffMode = CutoffMode::Enforce, env = "TOKENLEDGER_CUTOFF_MODE";
+        /// Verify and introspect also refuse (reason `cutoff`) the tokens of a subject under an enforced cutoff.
+        verify_refuses_cut_off: bool = false, env = "TOKENLEDGER_VERIFY_REFUSES_CUT_OFF";
+        /// The cutoff rules also run this often, seconds (at least 1).
+        rules_interval_seconds: u64 = 10, env = "TOKENLEDGER_RULES_INTERVAL_SECONDS";
         /// Write a views snapshot after this many events (0: not by count).
         snapshot_every_events: u64 = 100_000, env = "TOKENLEDGER_SNAPSHOT_EVERY_EVENTS";
         /// Write a views snapshot this often while events come, seconds (0: not by time).
@@ -140,6 +148,8 @@ settings! {
         max_token_ttl_seconds: u64 = 86400, env = "TOKENLEDGER_MAX_TOKEN_TTL_SECONDS";
         /// Deepest exchange chain: a token exchanged more often than this is refused.
         max_exchange_depth: u32 = 4, env = "TOKENLEDGER_MAX_EXCHANGE_DEPTH";
+        /// Hosts and CIDRs alert webhooks may target although not public, comma-separated.
+        webhook_allow: crate::webhooks::AllowList = crate::webhooks::AllowList::default(), env = "TOKENLEDGER_WEBHOOK_ALLOW";
         /// Memory one SQL query may reserve for sorts, joins and aggregations, MiB.
         sql_memory_mb: u64 = 512, env = "TOKENLEDGER_SQL_MEMORY_MB";
         /// Time one SQL query may take, seconds.
@@ -164,6 +174,8 @@ settings! {
         bootstrap_token: String, env = "TOKENLEDGER_BOOTSTRAP_TOKEN";
         /// The key-encryption key file (32 bytes, hex); generated as <data-dir>/kek (0600) for a new ledger.
         kek_file: PathBuf, env = "TOKENLEDGER_KEK_FILE";
+        /// TOML file of cutoff rules (`[[rule]]` with id, sql, duration_seconds, mode, description).
+        rules_file: PathBuf, env = "TOKENLEDGER_RULES_FILE";
     }
 }
 
@@ -275,6 +287,9 @@ impl Settings {
             && t.len() < 32
         {
             return bad("the bootstrap token must be at least 32 bytes".into());
+        }
+        if self.rules_interval_seconds == 0 {
+            return bad("rules_interval_seconds must be at least 1".into());
         }
         if self.max_body_bytes < 1024 || self.max_events_per_append == 0 || self.read_limit_max == 0 {
             return bad("max_body_bytes must be ≥ 1024, max_events_per_append and read_limit_max ≥ 1".into());

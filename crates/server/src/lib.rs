@@ -19,9 +19,11 @@ pub mod config;
 pub mod metrics;
 pub mod problem;
 pub mod projections;
+pub mod rules;
 pub mod schema;
 pub mod serve;
 pub mod state;
 pub mod tokens;
+pub mod webhooks;
 
 pub use api::app;

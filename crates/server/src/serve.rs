@@ -69,6 +69,8 @@ pub struct Running {
     server: JoinHandle<std::io::Result<()>>,
     metrics: Option<(SocketAddr, Handle<SocketAddr>, JoinHandle<std::io::Result<()>>)>,
     scheduler: JoinHandle<()>,
+    rules: JoinHandle<()>,
+    webhooks: JoinHandle<()>,
 }
 
 /// Listeners that are up while the server starts.
@@ -117,6 +119,10 @@ pub async fn start(settings: Settings) -> Result<Running, ServeError> {
     restrict_file(&ledger);
     let store: Arc<dyn EventStore> = Arc::new(store);
     let state = AppState::new(store.clone(), settings.clone(), clock, &bootstrap, kek);
+    if let Some(e) = state.rules.file_error() {
+        store.close().await;
+        return Err(ServeError::Setup(e.to_owned()));
+    }
     state.projections.enable_snapshots(crate::projections::SnapshotPolicy {
         path: crate::projections::snapshot_path(&settings.data_dir),
         every_events: settings.snapshot_every_events,
@@ -171,6 +177,14 @@ pub async fn start(settings: Settings) -> Result<Running, ServeError> {
             }
         })
     };
+    // Cutoff rules run on their own task, off the writer's path.
+    let rules = crate::rules::spawn(state.clone());
+    // Alert webhooks deliver on their own tasks too; cursors persist in
+    // <data-dir>/webhooks.
+    state
+        .webhooks
+        .enable_persistence(settings.data_dir.join(crate::webhooks::CURSOR_DIR));
+    let webhooks = crate::webhooks::spawn(state.clone());
     tracing::info!(head = head.0, keys, "ready");
     let Listeners {
         addr: _,
@@ -186,6 +200,8 @@ pub async fn start(settings: Settings) -> Result<Running, ServeError> {
         server,
         metrics,
         scheduler,
+        rules,
+        webhooks,
     })
 }
 
@@ -286,6 +302,10 @@ impl Running {
         }
         self.scheduler.abort();
         let _ = self.scheduler.await;
+        self.rules.abort();
+        let _ = self.rules.await;
+        self.webhooks.abort();
+        let _ = self.webhooks.await;
         self.store.close().await;
         // Every commit is folded now: the final snapshot has them all.
         let projections = self.state.projections.clone();

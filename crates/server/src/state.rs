@@ -54,6 +54,10 @@ pub struct AppState {
     /// The `events` table and views for SQL: a projection that follows
     /// `$all` on its own (see [`AppState::follow_analytics`]).
     pub analytics: Arc<Analytics>,
+    /// Alert webhooks: every tenant's delivery status (see [`crate::webhooks`]).
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
+    /// The cutoff rules of `rules_file` (see [`crate::rules`]).
+    pub rules: Arc<crate::rules::Rules>,
 }
 
 impl AppState {
@@ -76,6 +80,11 @@ impl AppState {
         let views: Arc<LiveViews> = Arc::default();
         let metrics = Arc::new(Metrics::default());
         let projections = Arc::new(Projections::new(registry.clone(), views.clone(), metrics.clone()));
+        let rules = Arc::new(crate::rules::Rules::load(
+            settings.rules_file.as_deref(),
+            (settings_sql.0 as usize) << 20,
+            std::time::Duration::from_secs(settings_sql.1),
+        ));
         Self {
             store,
             registry,
@@ -89,6 +98,7 @@ impl AppState {
             views,
             keyring: Arc::new(KeyRing::new(kek)),
             projections,
+            webhooks: Arc::default(),
             analytics: Arc::new(Analytics::new(
                 tokenledger_tokens::keys::kid_of_public,
                 Limits {
@@ -98,6 +108,7 @@ impl AppState {
                 },
                 settings_sql.3 as usize,
             )),
+            rules,
         }
     }
 

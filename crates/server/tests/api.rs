@@ -33,6 +33,8 @@ mod principals;
 mod reads;
 #[path = "api/regressions.rs"]
 mod regressions;
+#[path = "api/rules.rs"]
+mod rules;
 #[path = "api/schedule.rs"]
 mod schedule;
 #[path = "api/sql.rs"]
@@ -43,3 +45,5 @@ mod tenancy;
 mod tokens;
 #[path = "api/validation.rs"]
 mod validation;
+#[path = "api/webhooks.rs"]
+mod webhooks;

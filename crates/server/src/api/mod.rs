@@ -6,16 +6,19 @@ mod anomalies;
 mod blocklist;
 mod clients;
 pub mod cutoffs;
+mod detectors;
 mod issuers;
 mod keys;
 mod oauth;
 mod ops;
 mod principals;
 mod revocations;
+mod risk;
 mod sql;
 mod streams;
 pub(crate) mod tokens;
 mod uses;
+mod webhooks;
 
 pub use streams::{AppendBody, EventIn, MetadataIn, ReadQuery, append_error};
 
@@ -59,6 +62,13 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/anomalies/stream", get(anomalies::stream))
         .route("/v1/cutoffs", get(cutoffs::list).post(cutoffs::engage))
         .route("/v1/cutoffs/{id}/release", post(cutoffs::release))
+        .route("/v1/webhooks", get(webhooks::get).put(webhooks::set))
+        .route("/v1/risk-signals", post(risk::receive))
+        .route(
+            "/v1/detector-config",
+            get(detectors::get_config).put(detectors::put_config),
+        )
+        .route("/v1/rules", get(detectors::rules))
         .route("/v1/sql", post(sql::query))
         .route("/v1/export/{table}", get(sql::export))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_ready));

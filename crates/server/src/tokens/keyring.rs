@@ -88,6 +88,25 @@ impl KeyRing {
         uuid::Builder::from_random_bytes(bytes).into_uuid()
     }
 
+    /// Seals another secret of the tenant (a webhook's HMAC key) under the
+    /// KEK, with the tenant and `id` as associated data (see
+    /// [`Kek::seal`]); `id` must not be a kid.
+    pub fn seal_secret(&self, tenant: &str, id: &str, secret: &[u8]) -> Result<String, ApiError> {
+        self.kek
+            .seal(tenant, id, secret, &mut rand::rng())
+            .map_err(ApiError::internal)
+    }
+
+    /// Opens a secret sealed by [`KeyRing::seal_secret`] for `tenant` and `id`.
+    pub fn open_secret(
+        &self,
+        tenant: &str,
+        id: &str,
+        sealed: &str,
+    ) -> Result<Vec<u8>, tokenledger_tokens::seal::SealError> {
+        self.kek.open(tenant, id, sealed)
+    }
+
     /// The verifying key of a PASERK `k4.public` key (trusted issuers), cached.
     pub fn public(&self, paserk: &str) -> Option<VerifyingKey> {
         if let Some(k) = self.public_cache.read().unwrap_or_else(|p| p.into_inner()).get(paserk) {

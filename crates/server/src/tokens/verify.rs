@@ -12,7 +12,7 @@
 use crate::state::AppState;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tokenledger_domain::events::TokenFormat;
+use tokenledger_domain::events::{CutoffMode, CutoffScope, TokenFormat};
 use tokenledger_domain::views::{KeyState, TokenRecord};
 use tokenledger_tokens::paseto::{OpenError, TimeCheck, TokenClaims, check_times, inspect, open};
 
@@ -210,6 +210,16 @@ pub fn verify(
     }
     if revoked {
         return done(Some(Reason::Revoked), Some(record));
+    }
+    // Optional (`verify_refuses_cut_off`): a subject under an enforced
+    // cutoff has its tokens refused too, not only new ones.
+    if st.settings.verify_refuses_cut_off
+        && st.views.read(tenant, |v| {
+            v.cutoff_matching(CutoffScope::Subject, &record.subject, now)
+                .is_some_and(|c| c.mode == CutoffMode::Enforce)
+        })
+    {
+        return done(Some(Reason::Cutoff), Some(record));
     }
     if !scopes.iter().all(|s| claims.scope.split(' ').any(|c| c == s)) {
         return done(Some(Reason::InsufficientScope), Some(record));

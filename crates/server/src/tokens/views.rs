@@ -91,7 +91,10 @@ impl LiveViews {
                     tokenledger_tokens::keys::kid_of_public,
                 );
                 let detected = added > 0
-                    || matches!(ev, DomainEvent::RiskSignalReceived(_) | DomainEvent::DetectorConfigChanged(_));
+                    || matches!(
+                        ev,
+                        DomainEvent::RiskSignalReceived(_) | DomainEvent::DetectorConfigChanged(_)
+                    );
                 (v.block_log.len() > before, detected)
             }
             Err(err) => {

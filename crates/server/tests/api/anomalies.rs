@@ -299,3 +299,145 @@ async fn a_stream_resumed_with_last_event_id_misses_nothing_and_repeats_nothing(
         .await;
     assert_problem(&ans, StatusCode::BAD_REQUEST, "invalid-last-event-id");
 }
+
+/// With `verify_refuses_cut_off`, a subject under an enforced cutoff has
+/// its existing tokens refused as `cutoff` until the release; by default
+/// only new grants are refused.
+#[tokio::test]
+async fn verify_may_refuse_the_tokens_of_a_cut_off_subject() {
+    for refuse in [false, true] {
+        let app = TestApp::with_args(tokenledger_server::config::ServeArgs {
+            verify_refuses_cut_off: Some(refuse),
+            ..Default::default()
+        })
+        .await;
+        let iss = app.minter("iss", T).await;
+        let gw = app.principal("gw", "validator", T).await;
+        let soc = app.principal("soc-1", "soc", T).await;
+        let m = app.mint_ok(&iss, "mallory").await;
+        let tok = m["token"].as_str().unwrap();
+        let other = app.mint_ok(&iss, "alice").await;
+        assert_eq!(app.verify(&gw, tok, "api://orders").await["active"], true);
+        let (st, _, c) = app
+            .call(
+                "POST",
+                "/v1/cutoffs",
+                Some(&soc),
+                Some(json!({"scope": "subject", "key": "mallory", "reason": "bars", "duration_seconds": 600})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{c}");
+        let v = app.verify(&gw, tok, "api://orders").await;
+        if refuse {
+            assert_eq!(v["active"], false, "{v}");
+            assert_eq!(v["reason"], "cutoff");
+        } else {
+            assert_eq!(v["active"], true, "{v}");
+        }
+        // Someone else's token is not concerned.
+        let v = app.verify(&gw, other["token"].as_str().unwrap(), "api://orders").await;
+        assert_eq!(v["active"], true);
+        let cid = c["cutoff_id"].as_str().unwrap();
+        let (st, _, _) = app
+            .call(
+                "POST",
+                &format!("/v1/cutoffs/{cid}/release"),
+                Some(&soc),
+                Some(json!({})),
+            )
+            .await;
+        assert!(st.is_success());
+        assert_eq!(app.verify(&gw, tok, "api://orders").await["active"], true);
+    }
+}
+
+/// An exchange asking for more scope than the subject token holds is
+/// refused (`invalid_scope`) and is an `exchange_escalation` anomaly about
+/// the token's subject and the caller.
+#[tokio::test]
+async fn an_exchange_asking_for_a_wider_scope_is_an_anomaly() {
+    let w = world().await;
+    let svc = w.app.principal("svc", "issuer", T).await;
+    w.app
+        .policy(
+            T,
+            "svc",
+            json!({
+                "audiences": {"api://billing": {"scopes": ["orders:read", "orders:write"], "max_ttl_seconds": 600}},
+                "formats": ["v4.public"],
+                "serves": ["api://orders"],
+            }),
+        )
+        .await;
+    let m = w.app.mint_ok(&w.iss, "alice").await;
+    let body = serde_urlencoded::to_string([
+        ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+        ("subject_token", m["token"].as_str().unwrap()),
+        ("subject_token_type", "urn:ietf:params:oauth:token-type:access_token"),
+        ("audience", "api://billing"),
+        ("scope", "orders:read orders:write"),
+    ])
+    .unwrap();
+    let (st, _, b) = w
+        .app
+        .send(
+            "POST",
+            "/oauth2/token",
+            Some(&svc),
+            Some("application/x-www-form-urlencoded"),
+            body,
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{b}");
+    assert_eq!(b["error"], "invalid_scope");
+    let got = w.anomalies("?kind=exchange_escalation").await;
+    let list = got["anomalies"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{got}");
+    assert_eq!(list[0]["subject"], "alice");
+    assert_eq!(list[0]["client_id"], "svc");
+    assert_eq!(list[0]["severity"], "high");
+}
+
+/// A flood of forged tokens — a real token's payload with a broken
+/// signature, so they claim the victim's token id, subject and client —
+/// from a few addresses: the addresses are reported, the victim never.
+#[tokio::test]
+async fn a_flood_of_forged_tokens_never_points_at_the_victim() {
+    let w = world().await;
+    let m = w.app.mint_ok(&w.iss, "victim").await;
+    let real = m["token"].as_str().unwrap().to_owned();
+    // Flip a bit of the signature (the last 64 bytes of the body); the
+    // payload and the footer (with our kid) stay intact.
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let parts: Vec<&str> = real.split('.').collect();
+    let mut body = b64.decode(parts[2]).unwrap();
+    *body.last_mut().unwrap() ^= 1;
+    let forged = format!("v4.public.{}.{}", b64.encode(&body), parts[3]);
+    for i in 0..60 {
+        let v = w.verify_from(&forged, &format!("192.0.2.{}", i % 3)).await;
+        assert_eq!(v["active"], false);
+        assert_eq!(v["reason"], "bad_signature", "{v}");
+    }
+    // The forged uses claimed the victim; they were recorded as claims only.
+    let used = w.app.data_of(T, "TokenUsed").await;
+    assert!(
+        used.iter()
+            .all(|u| u.get("token_id").is_none() && u["claimed_subject"] == "victim")
+    );
+    let all = w.anomalies("").await;
+    let list = all["anomalies"].as_array().unwrap();
+    assert_eq!(list.len(), 3, "one spike per address: {all}");
+    for a in list {
+        assert_eq!(a["kind"], "verify_failure_spike");
+        assert!(a["ip"].as_str().unwrap().starts_with("192.0.2."));
+        for f in ["subject", "client_id", "token_id"] {
+            assert!(a[f].is_null(), "{f} in {a}");
+        }
+    }
+    assert_eq!(w.anomalies("?subject=victim").await["anomalies"], json!([]));
+    assert_eq!(w.anomalies("?client_id=iss").await["anomalies"], json!([]));
+    // The victim's own token still works, and the victim may still be minted for.
+    assert_eq!(w.verify_from(&real, "198.51.100.7").await["active"], true);
+    w.app.mint_ok(&w.iss, "victim").await;
+}
