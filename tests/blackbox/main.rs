@@ -30,6 +30,11 @@
 //!   acknowledged, and the check of `$all` against those records;
 //! * [`crash`]: acknowledged appends survive `kill -9` under load;
 //! * [`shutdown`]: SIGTERM drains in-flight requests and exits 0;
+//! * [`webhooks`]: a webhook receiver that is down across a server restart
+//!   (`kill -9`) gets every alert once it is back, and nothing twice;
+//! * [`scenarios`]: a replayed token cuts its subject off on every grant
+//!   path through the shipped rules, until released; a rebuild from
+//!   position 0 answers the same anomalies and cutoffs;
 //! * [`rebuild`]: a restart resumes the views from the checkpoint SIGTERM
 //!   wrote, and `tokenledger rebuild --verify` finds them equal to a
 //!   rebuild from position 0.
@@ -41,4 +46,6 @@ mod crash;
 mod harness;
 mod load;
 mod rebuild;
+mod scenarios;
 mod shutdown;
+mod webhooks;
