@@ -377,6 +377,8 @@ pub struct KnownToken {
     pub subject: String,
     /// Verified client.
     pub client_id: String,
+    /// Its audience.
+    pub audience: String,
     /// Granted scope, space-delimited.
     pub scope: String,
     /// Whether it is revoked (directly, by its chain or by selector).
@@ -524,7 +526,7 @@ impl Detectors {
                     .map(|(k, v)| (k.clone(), *v))
                     .collect();
                 self.thresholds = Thresholds::with(&known).unwrap_or_default();
-                self.rules = Some(c.rules.clone());
+                self.rules = c.rules.clone();
                 self.config_position = Some(position);
             }
             DomainEvent::RiskSignalReceived(r) if r.expires_at.timestamp() > at => {
@@ -631,6 +633,14 @@ impl Detectors {
         }
         // Everything below is about a token whose signature verified.
         let Some(token_id) = &u.token_id else { return };
+        // A use is the token's only for its own audience: a report naming a
+        // token id with another audience (a validator cannot accept a token
+        // not meant for it) is not attributed to the token, so naming
+        // someone's token id does not make its subject a suspect.
+        let facts = &Facts {
+            token: facts.token.clone().filter(|t| t.audience == u.audience),
+            depth: facts.depth,
+        };
         let kind = match (u.outcome, u.reason.as_deref()) {
             (UseOutcome::Rejected, Some("revoked")) => Some(AnomalyKind::UseAfterRevocation),
             (UseOutcome::Rejected, Some("not_issued")) => Some(AnomalyKind::NeverIssued),

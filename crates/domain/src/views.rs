@@ -540,6 +540,7 @@ impl TenantViews {
             self.tokens.get(id).map(|t| KnownToken {
                 subject: self.strings.resolve(t.subject).to_owned(),
                 client_id: self.strings.resolve(t.client_id).to_owned(),
+                audience: self.strings.resolve(t.audience).to_owned(),
                 scope: self.strings.resolve(t.scope).to_owned(),
                 revoked: self.is_revoked(id),
             })

@@ -124,7 +124,7 @@ impl Log {
         self.push(DomainEvent::DetectorConfigChanged(DetectorConfigChanged {
             tenant: "acme".into(),
             thresholds: pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
-            rules: vec![],
+            rules: None,
         }))
     }
 

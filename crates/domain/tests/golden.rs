@@ -267,9 +267,9 @@ fn detector_config_changed(full: bool) -> DetectorConfigChanged {
         tenant: s("acme-eu"),
         thresholds,
         rules: if full {
-            vec![s("impossible-travel"), s("reuse-after-revoke")]
+            Some(vec![s("impossible-travel"), s("reuse-after-revoke")])
         } else {
-            vec![]
+            None
         },
     }
 }

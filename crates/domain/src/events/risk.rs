@@ -52,9 +52,10 @@ pub struct DetectorConfigChanged {
     pub tenant: String,
     /// Threshold name → value.
     pub thresholds: std::collections::BTreeMap<String, f64>,
-    /// Rule ids in force.
-    #[serde(default)]
-    pub rules: Vec<String>,
+    /// Rule ids in force; absent (`None`): every rule of the rules file,
+    /// including rules added to it later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<Vec<String>>,
 }
 
 /// What a cutoff applies to: the selector scopes plus the whole tenant.

@@ -88,9 +88,10 @@ pub async fn put_config(State(st): State<AppState>, caller: Caller, body: JsonBo
                 );
             }
             let mut seen = std::collections::BTreeSet::new();
-            list.into_iter().filter(|r| seen.insert(r.clone())).collect()
+            Some(list.into_iter().filter(|r| seen.insert(r.clone())).collect())
         }
-        None => known,
+        // Every rule of the file, now and as the file changes.
+        None => None,
     };
     let event = DetectorConfigChanged {
         tenant: tenant.clone(),

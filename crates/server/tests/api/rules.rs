@@ -626,8 +626,12 @@ async fn a_mint_burst_cuts_off_the_client() {
         )
         .await;
     assert_eq!(st, StatusCode::OK, "{b}");
-    // Every rule of the file stays in force when `rules` is absent.
+    // Every rule of the file stays in force when `rules` is absent, also
+    // rules added to the file later: the event records no list.
     assert!(b["rules"].as_array().unwrap().len() >= 4, "{b}");
+    assert_eq!(b["rules_default"], true, "{b}");
+    let recorded = w.app.data_of(T, "DetectorConfigChanged").await;
+    assert!(recorded[0].get("rules").is_none(), "{recorded:?}");
     let other = w.app.minter("iss-2", T).await;
     for i in 0..4 {
         w.app.mint_ok(&w.iss, &format!("user-{i}")).await;
