@@ -15,6 +15,9 @@
 //!   A client that reconnects with `Last-Event-ID: P` (or `?since=P`) gets
 //!   every anomaly after the one it last saw, each once.
 //!   Without either, the stream starts at the head: only new anomalies.
+//!   An id or `since` beyond the head is refused (400). The credential is
+//!   checked again before every read (at least every 5 s): the stream ends
+//!   when the principal is disabled or its secret rotated.
 //!   A comment line every 15 s keeps idle connections open.
 //!
 //! Anomalies are folded with the views before an append is acknowledged, so
@@ -258,22 +261,44 @@ pub async fn stream(
             index: None,
         },
     };
+    if last_id.is_some_and(|c| c.position > st.views.head()) {
+        return Err(ApiError::bad_request(
+            "invalid-last-event-id",
+            "Last-Event-ID is beyond the head of the log: not an id this server sent",
+        ));
+    }
+    if q.since.is_some_and(|p| p > st.views.head()) {
+        return Err(ApiError::bad_request(
+            "invalid-query",
+            "since is beyond the head of the log",
+        ));
+    }
+    // The credential is checked again before every read: a stream ends when
+    // its principal is disabled or its secret rotated.
+    let secret = crate::auth::bearer(&headers).unwrap_or_default().to_owned();
     let state = (st, tenant, from, woken);
-    let events = futures::stream::unfold(state, |(st, tenant, after, mut woken)| async move {
-        loop {
-            let head = st.views.head();
-            let batch = st.views.read(&tenant, |v| pending(v, &tenant, after, head));
-            if let Some((cursor, _)) = batch.last() {
-                let next = *cursor;
-                let events: Vec<Result<Event, Infallible>> = batch
-                    .into_iter()
-                    .map(|(c, data)| Ok(Event::default().event("anomaly").id(c.to_string()).data(data)))
-                    .collect();
-                return Some((futures::stream::iter(events), (st, tenant, next, woken)));
+    let events = futures::stream::unfold(state, move |(st, tenant, after, mut woken)| {
+        let (secret, caller) = (secret.clone(), caller.clone());
+        async move {
+            loop {
+                if st.authenticate(&secret).as_ref() != Some(&caller) {
+                    tracing::info!(principal = %caller.name, "alert stream closed: the credential is no longer valid");
+                    return None;
+                }
+                let head = st.views.head();
+                let batch = st.views.read(&tenant, |v| pending(v, &tenant, after, head));
+                if let Some((cursor, _)) = batch.last() {
+                    let next = *cursor;
+                    let events: Vec<Result<Event, Infallible>> = batch
+                        .into_iter()
+                        .map(|(c, data)| Ok(Event::default().event("anomaly").id(c.to_string()).data(data)))
+                        .collect();
+                    return Some((futures::stream::iter(events), (st, tenant, next, woken)));
+                }
+                // Nothing new up to the head: wait for the next detection (or
+                // poll now and then, in case a wake-up raced the read).
+                let _ = tokio::time::timeout(Duration::from_secs(5), woken.changed()).await;
             }
-            // Nothing new up to the head: wait for the next detection (or
-            // poll now and then, in case a wake-up raced the read).
-            let _ = tokio::time::timeout(Duration::from_secs(5), woken.changed()).await;
         }
     });
     use futures::StreamExt;

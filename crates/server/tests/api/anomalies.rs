@@ -441,3 +441,106 @@ async fn a_flood_of_forged_tokens_never_points_at_the_victim() {
     assert_eq!(w.verify_from(&real, "198.51.100.7").await["active"], true);
     w.app.mint_ok(&w.iss, "victim").await;
 }
+
+/// Reads `body` until the stream ends (true) or an anomaly or a long
+/// silence comes first (false).
+async fn ends_without_alerts(body: &mut Body) -> bool {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), body.frame()).await {
+            Ok(None) | Ok(Some(Err(_))) => return true,
+            Ok(Some(Ok(f))) => {
+                if let Ok(d) = f.into_data()
+                    && std::str::from_utf8(&d).unwrap_or_default().contains("event: anomaly")
+                {
+                    return false;
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_stream_ends_when_its_credential_is_disabled_or_rotated() {
+    let w = world().await;
+    let admin = w.app.admin(T).await;
+    for action in ["disable", "rotate"] {
+        let name = format!("soc-{action}");
+        let secret = w.app.principal(&name, "soc", T).await;
+        let req = Request::builder()
+            .uri("/v1/anomalies/stream")
+            .header(header::AUTHORIZATION, format!("Bearer {secret}"))
+            .body(Body::empty())
+            .unwrap();
+        let resp = w.app.router.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let mut body = resp.into_body();
+        let (st, _, b) = w
+            .app
+            .call(
+                "POST",
+                &format!("/v1/principals/{name}/{action}"),
+                Some(&admin),
+                Some(json!({})),
+            )
+            .await;
+        assert!(st.is_success(), "{action}: {b}");
+        w.revoked_use(&format!("after-{action}")).await;
+        assert!(ends_without_alerts(&mut body).await, "the stream outlived {action}");
+    }
+    // Beyond the head: refused, not a silent wait.
+    let req = Request::builder()
+        .uri("/v1/anomalies/stream")
+        .header(header::AUTHORIZATION, format!("Bearer {}", w.soc))
+        .header("last-event-id", "999999")
+        .body(Body::empty())
+        .unwrap();
+    assert_problem(
+        &w.app.send_request(req).await,
+        StatusCode::BAD_REQUEST,
+        "invalid-last-event-id",
+    );
+    let ans = w
+        .app
+        .call("GET", "/v1/anomalies/stream?since=999999", Some(&w.soc), None)
+        .await;
+    assert_problem(&ans, StatusCode::BAD_REQUEST, "invalid-query");
+}
+
+/// A validator's report naming a token id is the token's use only for the
+/// token's own audience: a report for another audience does not make the
+/// token's subject a suspect.
+#[tokio::test]
+async fn a_use_report_for_another_audience_is_not_the_tokens() {
+    let w = world().await;
+    let m = w.app.mint_ok(&w.iss, "alice").await;
+    let at = iso(w.app.now());
+    let report = |ip: &str, aud: &str| {
+        json!({"token_id": m["token_id"], "audience": aud, "outcome": "accepted", "at": at,
+               "context": {"ip": ip, "device_id": format!("d-{ip}")}})
+    };
+    let (st, _, b) = w
+        .app
+        .call(
+            "POST",
+            "/v1/uses",
+            Some(&w.gw),
+            Some(json!({"uses": [report("192.0.2.1", "api://other"), report("203.0.113.200", "api://other")]})),
+        )
+        .await;
+    assert!(st.is_success(), "{b}");
+    assert_eq!(w.anomalies("?subject=alice").await["anomalies"], json!([]));
+    // The same reports for the token's audience are its uses.
+    let (st, _, b) = w
+        .app
+        .call(
+            "POST",
+            "/v1/uses",
+            Some(&w.gw),
+            Some(json!({"uses": [report("192.0.2.1", "api://orders"), report("203.0.113.200", "api://orders")]})),
+        )
+        .await;
+    assert!(st.is_success(), "{b}");
+    let got = w.anomalies("?subject=alice&kind=concurrent_use").await;
+    assert_eq!(got["anomalies"].as_array().unwrap().len(), 1, "{got}");
+}
