@@ -173,6 +173,29 @@ impl JsonBody {
         })?;
         parse_strict(&bytes)
     }
+
+    /// As [`JsonBody::parse`], but an empty body (no bytes, with or without a
+    /// content type) is `T::default()`: for endpoints whose every field is
+    /// optional.
+    pub async fn parse_or_default<T: DeserializeOwned + serde::Serialize + Default>(self) -> Result<T, ApiError> {
+        let bytes = axum::body::to_bytes(self.body, self.limit).await.map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                "the body is over the size limit",
+            )
+        })?;
+        if bytes.is_empty() {
+            return Ok(T::default());
+        }
+        JsonBody {
+            content_type: self.content_type,
+            body: axum::body::Body::from(bytes),
+            limit: self.limit,
+        }
+        .parse()
+        .await
+    }
 }
 
 impl FromRequest<crate::state::AppState> for JsonBody {

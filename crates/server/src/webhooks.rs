@@ -294,7 +294,17 @@ pub fn check_url(raw: &str, allow: &AllowList) -> Result<reqwest::Url, TargetErr
     if raw.len() > MAX_URL_BYTES {
         return Err(TargetError::Invalid(format!("the URL is over {MAX_URL_BYTES} bytes")));
     }
+    // The URL parser silently drops tabs and newlines and escapes spaces:
+    // refuse them rather than store a URL that is not what was sent.
+    if raw.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(TargetError::Invalid(
+            "the URL holds whitespace or control characters".into(),
+        ));
+    }
     let url = reqwest::Url::parse(raw).map_err(|e| TargetError::Invalid(format!("not an absolute URL: {e}")))?;
+    if url.port() == Some(0) {
+        return Err(TargetError::Invalid("port 0 is not a port one can deliver to".into()));
+    }
     if !url.username().is_empty() || url.password().is_some() {
         return Err(TargetError::Invalid(
             "a webhook URL may not carry userinfo (user:password@)".into(),

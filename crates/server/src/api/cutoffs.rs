@@ -53,8 +53,8 @@ pub struct EngageBody {
     pub duration_seconds: i64,
 }
 
-/// `POST /v1/cutoffs/{id}/release` body (may be `{}`).
-#[derive(Debug, Deserialize, Serialize)]
+/// `POST /v1/cutoffs/{id}/release` body (may be `{}` or empty).
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseBody {
     /// Why (free text, NFC); `released by hand` when absent.
@@ -148,7 +148,7 @@ pub async fn release(
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Permission::Respond)?;
     let tenant = caller.tenant()?.to_owned();
-    let req: ReleaseBody = body.parse().await?;
+    let req: ReleaseBody = body.parse_or_default().await?;
     let reason = req.reason.unwrap_or_else(|| "released by hand".to_owned());
     check_reason(&reason)?;
     let Some(c) = st.views.read(&tenant, |v| v.cutoffs.get(&id).cloned()) else {

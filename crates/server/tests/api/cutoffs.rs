@@ -361,3 +361,24 @@ async fn a_tenant_cutoff_stops_all_minting_in_that_tenant_only() {
         .await;
     assert_eq!(a.0, StatusCode::CREATED, "{}", a.2);
 }
+
+/// A release's reason is optional: an empty body (no content type) or `{}`.
+#[tokio::test]
+async fn a_release_may_come_without_a_body() {
+    let w = world().await;
+    for empty in [true, false] {
+        let cut = w.engage("subject", &format!("mallory-{empty}")).await;
+        let path = format!("/v1/cutoffs/{cut}/release");
+        let (st, _, b) = if empty {
+            w.app
+                .send("POST", &path, Some(&w.soc), None, axum::body::Body::empty())
+                .await
+        } else {
+            w.app.call("POST", &path, Some(&w.soc), Some(json!({}))).await
+        };
+        assert_eq!(st, StatusCode::OK, "{b}");
+    }
+    let released = w.app.data_of(T, "MintingCutoffReleased").await;
+    assert_eq!(released.len(), 2);
+    assert!(released.iter().all(|r| r["reason"] == "released by hand"));
+}

@@ -150,6 +150,9 @@ async fn internal_targets_are_refused_unless_allow_listed() {
         "ftp://93.184.215.14/hook",
         "not a url",
         "/relative/hook",
+        "https://93.184.215.14:0/hook",
+        "https://93.184.215.14/x\r\nHost: evil",
+        "https://93.184.215.14/x\tY",
     ] {
         let a = w.put(&w.soc, url).await;
         assert_problem(&a, StatusCode::UNPROCESSABLE_ENTITY, "invalid-webhook-url");
