@@ -39,6 +39,7 @@ use serde_json::{Value, json};
 use std::convert::Infallible;
 use std::time::Duration;
 use tokenledger_domain::anomalies::{Anomaly, AnomalyKind, Severity};
+use tokenledger_domain::ids::check_identifier;
 use tokenledger_domain::views::TenantViews;
 
 /// Most anomalies one `GET /v1/anomalies` answers with.
@@ -110,6 +111,19 @@ pub async fn list(State(st): State<AppState>, caller: Caller, uri: Uri) -> Resul
     };
     let exact = q.severity.as_deref().map(severity).transpose()?;
     let min = q.min_severity.as_deref().map(severity).transpose()?;
+    // Names are checked as everywhere else (NFC, no invisible or control
+    // characters): a filter that can match nothing is an error, not an
+    // empty answer.
+    for (field, value) in [
+        ("subject", &q.subject),
+        ("client_id", &q.client_id),
+        ("token_id", &q.token_id),
+        ("ip", &q.ip),
+    ] {
+        if let Some(v) = value {
+            check_identifier(field, v).map_err(|e| ApiError::bad_request("invalid-query", e.to_string()))?;
+        }
+    }
     let since = q.since.as_deref().map(since).transpose()?;
     let limit = q.limit.unwrap_or(MAX_LIMIT).clamp(1, MAX_LIMIT);
     let head = st.views.head();

@@ -126,6 +126,9 @@ async fn two_networks_make_a_concurrent_use_anomaly_with_its_evidence() {
         "?since=yesterday",
         "?limit=x",
         "?colour=red",
+        "?subject=e%CC%81ve",
+        "?subject=al%E2%80%8Bice",
+        "?client_id=a%20b",
     ] {
         let ans = w
             .app
