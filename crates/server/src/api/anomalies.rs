@@ -17,7 +17,8 @@
 //!   Without either, the stream starts at the head: only new anomalies.
 //!   An id or `since` beyond the head is refused (400). The credential is
 //!   checked again before every read (at least every 5 s): the stream ends
-//!   when the principal is disabled or its secret rotated.
+//!   when the principal is disabled or its secret rotated, and when the
+//!   server starts shutting down (the client resumes elsewhere).
 //!   A comment line every 15 s keeps idle connections open.
 //!
 //! Anomalies are folded with the views before an append is acknowledged, so
@@ -297,6 +298,12 @@ pub async fn stream(
             loop {
                 if st.authenticate(&secret).as_ref() != Some(&caller) {
                     tracing::info!(principal = %caller.name, "alert stream closed: the credential is no longer valid");
+                    return None;
+                }
+                // A shutdown drains requests: an open stream ends rather than
+                // holding the server for the whole grace period. The client
+                // resumes from its last id on the next server.
+                if !st.is_ready() {
                     return None;
                 }
                 let head = st.views.head();

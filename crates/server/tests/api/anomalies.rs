@@ -464,7 +464,7 @@ async fn ends_without_alerts(body: &mut Body) -> bool {
 }
 
 #[tokio::test]
-async fn a_stream_ends_when_its_credential_is_disabled_or_rotated() {
+async fn a_stream_ends_when_its_credential_is_disabled_or_rotated_or_the_server_stops() {
     let w = world().await;
     let admin = w.app.admin(T).await;
     for action in ["disable", "rotate"] {
@@ -491,6 +491,19 @@ async fn a_stream_ends_when_its_credential_is_disabled_or_rotated() {
         w.revoked_use(&format!("after-{action}")).await;
         assert!(ends_without_alerts(&mut body).await, "the stream outlived {action}");
     }
+    // A shutdown ends open streams (it drains requests; a stream never
+    // finishes by itself).
+    let req = Request::builder()
+        .uri("/v1/anomalies/stream")
+        .header(header::AUTHORIZATION, format!("Bearer {}", w.soc))
+        .body(Body::empty())
+        .unwrap();
+    let resp = w.app.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    w.app.state.ready.store(false, std::sync::atomic::Ordering::Release);
+    assert!(ends_without_alerts(&mut body).await, "the stream outlived the shutdown");
+    w.app.state.ready.store(true, std::sync::atomic::Ordering::Release);
     // Beyond the head: refused, not a silent wait.
     let req = Request::builder()
         .uri("/v1/anomalies/stream")
