@@ -24,10 +24,9 @@
 //! Run: `cargo bench -p tokenledger-benches --bench cutoff`
 //! (`TOKENLEDGER_BIN` to use a given binary).
 
-#[allow(dead_code)] // each bench uses part of the shared setup
 mod common;
 
-use common::{AUDIENCE, SCOPE, setup};
+use common::{AUDIENCE, SCOPE, pct, setup};
 use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -60,15 +59,6 @@ fn env_n(name: &str, default: usize) -> usize {
             .parse()
             .unwrap_or_else(|_| panic!("{name} must be a non-negative integer, not {s:?}")),
     }
-}
-
-fn pct(v: &[f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    s[(((s.len() - 1) as f64) * p).round() as usize]
 }
 
 fn main() {

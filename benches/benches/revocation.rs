@@ -28,7 +28,7 @@
 
 mod common;
 
-use common::{AUDIENCE, SCOPE, setup, start_server};
+use common::{AUDIENCE, SCOPE, pct, setup, start_server};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -217,17 +217,6 @@ async fn run(base: &str, n: usize) -> Run {
         stats.feed_errors
     );
     out
-}
-
-/// Nearest-rank percentile of `v` (unsorted), `p` in 0..=1.
-fn pct(v: &[f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let rank = ((p * s.len() as f64).ceil() as usize).clamp(1, s.len());
-    s[rank - 1]
 }
 
 // ---------------------------------------------------------------- the server

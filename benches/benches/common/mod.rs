@@ -1,6 +1,9 @@
 //! What the HTTP benches (`tokens`, `revocation`) share: the release
 //! `tokenledger` they start and the tenant they set up in it.
 
+// Each bench includes this module and uses only part of it.
+#![allow(dead_code)]
+
 use serde_json::json;
 use tokenledger_testkit::{Options, Profile, Secrets, Server, TenantSpec, issuer_and_validator};
 
@@ -39,4 +42,15 @@ pub async fn setup(base: &str) -> Secrets {
         }),
     };
     issuer_and_validator(&reqwest::Client::new(), base, &spec).await
+}
+
+/// Nearest-rank percentile of `v` (unsorted), `p` in 0..=1; NaN when empty.
+pub fn pct(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let rank = ((p * s.len() as f64).ceil() as usize).clamp(1, s.len());
+    s[rank - 1]
 }

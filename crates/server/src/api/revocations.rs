@@ -56,7 +56,8 @@ pub(crate) fn check_reason(reason: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn invalid(e: impl std::fmt::Display) -> ApiError {
+/// 422 `invalid-identifier` with the name check's message.
+pub(crate) fn invalid(e: impl std::fmt::Display) -> ApiError {
     ApiError::unprocessable("invalid-identifier", e.to_string())
 }
 

@@ -15,6 +15,7 @@
 //! is not an NFC identifier, a source that cannot name a stream, an ip that
 //! is not an address).
 
+use super::revocations::invalid;
 use crate::auth::{Caller, Permission};
 use crate::problem::{ApiError, JsonBody};
 use crate::state::AppState;
@@ -58,10 +59,6 @@ pub struct RiskSignalBody {
     pub kind: String,
     /// How long it stays in force, seconds (1 to 30 days).
     pub ttl_seconds: i64,
-}
-
-fn invalid(e: impl std::fmt::Display) -> ApiError {
-    ApiError::unprocessable("invalid-identifier", e.to_string())
 }
 
 /// `POST /v1/risk-signals` — 201 `{"position", "stream", "expires_at"}`.
