@@ -637,31 +637,18 @@ impl Detectors {
         // token id with another audience (a validator cannot accept a token
         // not meant for it) is not attributed to the token, so naming
         // someone's token id does not make its subject a suspect.
-        let facts = &Facts {
-            token: facts.token.clone().filter(|t| t.audience == u.audience),
-            depth: facts.depth,
-        };
+        let token = facts.token.as_ref().filter(|t| t.audience == u.audience);
         let kind = match (u.outcome, u.reason.as_deref()) {
             (UseOutcome::Rejected, Some("revoked")) => Some(AnomalyKind::UseAfterRevocation),
             (UseOutcome::Rejected, Some("not_issued")) => Some(AnomalyKind::NeverIssued),
             (UseOutcome::Rejected, Some("key_revoked")) => Some(AnomalyKind::RevokedKeyUse),
-            (UseOutcome::Accepted, _) if facts.token.as_ref().is_some_and(|t| t.revoked) => {
-                Some(AnomalyKind::UseAfterRevocation)
-            }
+            (UseOutcome::Accepted, _) if token.is_some_and(|t| t.revoked) => Some(AnomalyKind::UseAfterRevocation),
             _ => None,
         };
         // The ledger's record names the subject and client when it has one;
         // else the verified claims do.
-        let subject = facts
-            .token
-            .as_ref()
-            .map(|t| t.subject.clone())
-            .or_else(|| u.subject.clone());
-        let client = facts
-            .token
-            .as_ref()
-            .map(|t| t.client_id.clone())
-            .or_else(|| u.client_id.clone());
+        let subject = token.map(|t| t.subject.clone()).or_else(|| u.subject.clone());
+        let client = token.map(|t| t.client_id.clone()).or_else(|| u.client_id.clone());
         if let Some(kind) = kind {
             let detail = match kind {
                 AnomalyKind::UseAfterRevocation => {
@@ -678,10 +665,11 @@ impl Detectors {
             h.evidence = vec![position];
             hits.push(h);
         }
-        if u.outcome != UseOutcome::Accepted || facts.token.is_none() {
+        if u.outcome != UseOutcome::Accepted || token.is_none() {
             return;
         }
-        let ctx = u.context.clone().unwrap_or_default();
+        let none = RequestContext::default();
+        let ctx = u.context.as_ref().unwrap_or(&none);
         let state = self.uses.entry(token_id.clone()).or_default();
         state.last = at;
         let from = at - th.concurrent_use_window_seconds;
