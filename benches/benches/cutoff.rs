@@ -26,7 +26,7 @@
 
 mod common;
 
-use common::{AUDIENCE, SCOPE, pct, setup};
+use common::{AUDIENCE, SCOPE, latency_header, latency_row, pct, setup};
 use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -87,8 +87,7 @@ fn main() {
     println!("- machine: {cores} cores; the load and the probes run in this process, on the same cores\n");
     let r = rt.block_on(run(&base, n, load));
     drop(server);
-    println!("| measure | n | p50 ms | p90 ms | p99 ms | max ms | goal |");
-    println!("|---|---|---|---|---|---|---|");
+    latency_header();
     let row = |name: &str, v: &[f64], goal: bool| {
         let goal = if goal {
             let met = !v.is_empty() && pct(v, 0.99) < GOAL.as_secs_f64() * 1e3 && r.missed == 0;
@@ -96,14 +95,7 @@ fn main() {
         } else {
             "–".to_owned()
         };
-        println!(
-            "| {name} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {goal} |",
-            v.len(),
-            pct(v, 0.5),
-            pct(v, 0.9),
-            pct(v, 0.99),
-            pct(v, 1.0)
-        );
+        latency_row(name, v, &goal);
     };
     row("trigger answered → mint refused", &r.from_answer, true);
     row("trigger sent → mint refused", &r.from_send, true);

@@ -28,7 +28,7 @@
 
 mod common;
 
-use common::{AUDIENCE, SCOPE, pct, setup, start_server};
+use common::{AUDIENCE, SCOPE, latency_header, latency_row, pct, setup, start_server};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -66,8 +66,7 @@ fn main() {
         missed,
     } = result;
 
-    println!("| measure | n | p50 ms | p90 ms | p99 ms | max ms | goal |");
-    println!("|---|---|---|---|---|---|---|");
+    latency_header();
     let row = |name: &str, v: &[f64], goal: bool| {
         let goal = if goal {
             let met = !v.is_empty() && pct(v, 1.0) < GOAL.as_secs_f64() * 1e3 && missed == 0;
@@ -75,14 +74,7 @@ fn main() {
         } else {
             "–".to_owned()
         };
-        println!(
-            "| {name} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {goal} |",
-            v.len(),
-            pct(v, 0.5),
-            pct(v, 0.9),
-            pct(v, 0.99),
-            pct(v, 1.0),
-        );
+        latency_row(name, v, &goal);
     };
     row("revocation answered → refused locally", &from_answer, true);
     row("revocation sent → refused locally", &from_send, true);

@@ -54,3 +54,21 @@ pub fn pct(v: &[f64], p: f64) -> f64 {
     let rank = ((p * s.len() as f64).ceil() as usize).clamp(1, s.len());
     s[rank - 1]
 }
+
+/// Prints the header of a latency table: measure, n, p50/p90/p99/max in ms, goal.
+pub fn latency_header() {
+    println!("| measure | n | p50 ms | p90 ms | p99 ms | max ms | goal |");
+    println!("|---|---|---|---|---|---|---|");
+}
+
+/// Prints one row of a latency table: `v` in ms, `goal` the goal column.
+pub fn latency_row(name: &str, v: &[f64], goal: &str) {
+    println!(
+        "| {name} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {goal} |",
+        v.len(),
+        pct(v, 0.5),
+        pct(v, 0.9),
+        pct(v, 0.99),
+        pct(v, 1.0)
+    );
+}
