@@ -39,9 +39,9 @@ use datafusion::arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use tokenledger_domain::views::ViewsSnapshot;
+use tokenledger_store::files::{create_private_dir, sync_dir, write_private};
 use uuid::Uuid;
 
 /// The checkpoint file's name inside the checkpoint directory.
@@ -119,40 +119,6 @@ pub(crate) fn schema_sha256() -> String {
     hex::encode(Sha256::digest(format!("{:?}", events_schema()).as_bytes()))
 }
 
-/// Creates `dir` (mode 0700) if absent.
-fn create_dir(dir: &Path) -> std::io::Result<()> {
-    let mut b = std::fs::DirBuilder::new();
-    b.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
-    b.create(dir)
-}
-
-/// Writes `bytes` to `dir/name` through a fsynced temporary file (0600)
-/// renamed into place. The caller fsyncs the directory.
-fn write_atomic(dir: &Path, name: &str, parts: &[&[u8]]) -> std::io::Result<()> {
-    let tmp = dir.join(format!("{name}.tmp"));
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(&tmp)?;
-    for p in parts {
-        f.write_all(p)?;
-    }
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, dir.join(name))
-}
-
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    #[cfg(unix)]
-    std::fs::File::open(dir)?.sync_all()?;
-    #[cfg(not(unix))]
-    let _ = dir;
-    Ok(())
-}
-
 /// Writes one batch as the segment file `dir/name` (not yet fsynced into
 /// the directory); returns how the checkpoint lists it.
 pub(crate) fn write_segment(dir: &Path, name: String, batch: &RecordBatch) -> std::io::Result<SegmentRef> {
@@ -162,7 +128,7 @@ pub(crate) fn write_segment(dir: &Path, name: String, batch: &RecordBatch) -> st
         w.write(batch).map_err(std::io::Error::other)?;
         w.finish().map_err(std::io::Error::other)?;
     }
-    write_atomic(dir, &name, &[&buf])?;
+    write_private(dir, &name, &[&buf])?;
     Ok(SegmentRef {
         file: name,
         rows: batch.num_rows() as u64,
@@ -197,7 +163,7 @@ pub(crate) fn write_checkpoint(
     };
     let mut header = serde_json::to_vec(&header).map_err(std::io::Error::other)?;
     header.push(b'\n');
-    write_atomic(dir, CHECKPOINT_FILE, &[&header, &body])?;
+    write_private(dir, CHECKPOINT_FILE, &[&header, &body])?;
     sync_dir(dir)?;
     for entry in std::fs::read_dir(dir)? {
         let name = entry?.file_name().to_string_lossy().into_owned();
@@ -211,7 +177,7 @@ pub(crate) fn write_checkpoint(
 
 /// Prepares `dir` for writing (creates it).
 pub(crate) fn prepare(dir: &Path) -> std::io::Result<()> {
-    create_dir(dir)
+    create_private_dir(dir)
 }
 
 /// Reads the checkpoint in `dir`; `Ok(None)` when there is none.

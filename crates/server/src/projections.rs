@@ -50,7 +50,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -211,27 +210,7 @@ fn write_file(path: &Path, c: &Captured) -> std::io::Result<u64> {
     };
     let mut header = serde_json::to_vec(&header).map_err(std::io::Error::other)?;
     header.push(b'\n');
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut b = std::fs::DirBuilder::new();
-    b.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
-    b.create(dir)?;
-    let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = dir.join(tmp_name);
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(&tmp)?;
-    f.write_all(&header)?;
-    f.write_all(&body)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
-    #[cfg(unix)]
-    std::fs::File::open(dir)?.sync_all()?;
+    tokenledger_store::files::write_private_file(path, &[&header, &body])?;
     Ok((header.len() + body.len()) as u64)
 }
 

@@ -48,7 +48,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -684,40 +684,14 @@ impl Webhooks {
         let Some(path) = self.cursor_path(tenant) else { return };
         let bytes = serde_json::to_vec_pretty(cursor).unwrap_or_default();
         let tenant = tenant.to_owned();
-        let r = tokio::task::spawn_blocking(move || write_private(&path, &bytes)).await;
+        let r =
+            tokio::task::spawn_blocking(move || tokenledger_store::files::write_private_file(&path, &[&bytes])).await;
         match r {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(tenant = %tenant, error = %e, "could not persist the webhook cursor"),
             Err(e) => tracing::error!(tenant = %tenant, error = %e, "could not persist the webhook cursor"),
         }
     }
-}
-
-/// Writes `bytes` to `path` atomically and durably: a 0600 temp file beside
-/// it (in a 0700 directory, created if missing), fsync, rename, fsync of
-/// the directory.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut b = std::fs::DirBuilder::new();
-    b.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
-    b.create(dir)?;
-    let tmp = path.with_extension(format!("json.tmp-{}", std::process::id()));
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
 }
 
 /// Flags tenants whose `WebhookSet` committed (cheap: runs in the writer).
@@ -1132,13 +1106,13 @@ mod tests {
     fn cursor_files_are_private_and_replaced_whole() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("webhooks").join("acme.json");
-        write_private(&path, b"{\"a\":1}").unwrap();
-        write_private(&path, b"{\"a\":2}").unwrap();
+        tokenledger_store::files::write_private_file(&path, &[b"{\"a\":1}"]).unwrap();
+        tokenledger_store::files::write_private_file(&path, &[b"{\"a\":2}"]).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"{\"a\":2}");
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode(&path), 0o600);
             assert_eq!(mode(path.parent().unwrap()), 0o700);
         }

@@ -30,6 +30,7 @@
 pub mod conformance;
 mod core;
 mod embedded;
+pub mod files;
 mod memory;
 mod subscription;
 mod types;
