@@ -41,9 +41,10 @@
 //!
 //! # Evaluation
 //!
-//! [`spawn`] runs every tenant's rules when the views report a new anomaly,
-//! risk signal or detector configuration (`LiveViews::watch_detections`)
-//! and every `rules_interval_seconds`; [`evaluate_tenant`] runs one
+//! [`spawn`] runs a tenant's rules when the views report a new anomaly,
+//! risk signal or detector configuration of that tenant
+//! (`LiveViews::watch_detections`), and every tenant's every
+//! `rules_interval_seconds`; [`evaluate_tenant`] runs one
 //! tenant's once (tests drive it directly). A tenant runs the rules its
 //! `DetectorConfigChanged` lists, every loaded rule before it has one. For
 //! each merged row:
@@ -731,24 +732,10 @@ pub async fn evaluate_tenant(st: &AppState, tenant: &str) -> Result<Vec<Engaged>
     Ok(engaged)
 }
 
-/// Runs every tenant's rules once ([`evaluate_tenant`]); failures are
-/// logged. Returns how many cutoffs were engaged.
-pub async fn evaluate_all(st: &AppState) -> usize {
-    let mut tenants = st.views.tenants();
-    tenants.sort();
-    let mut n = 0;
-    for t in tenants {
-        match evaluate_tenant(st, &t).await {
-            Ok(e) => n += e.len(),
-            Err(e) => tracing::error!(tenant = %t, error = %e, "cutoff rules stopped for this round"),
-        }
-    }
-    n
-}
-
 /// Starts the rule evaluator: it plans the rules (logging load errors),
-/// then runs [`evaluate_all`] whenever the views report a new anomaly, risk
-/// signal or detector configuration, and every `rules_interval_seconds`.
+/// then runs [`evaluate_tenant`] for every tenant every
+/// `rules_interval_seconds`, and, when the views report a new anomaly, risk
+/// signal or detector configuration, for the tenants that have one.
 /// Ends at once when there is no rule file or `cutoff_mode` is `off`.
 pub fn spawn(st: AppState) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -768,18 +755,46 @@ pub fn spawn(st: AppState) -> tokio::task::JoinHandle<()> {
         let mut detections = st.views.watch_detections();
         let mut every = tokio::time::interval(Duration::from_secs(st.settings.rules_interval_seconds.max(1)));
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // What each tenant's detections looked like at its last evaluation:
+        // a detection wakes the rules of the tenants whose marks moved only.
+        let mut seen: HashMap<String, DetectionMark> = HashMap::new();
         loop {
-            tokio::select! {
-                _ = every.tick() => {}
+            let every_tenant = tokio::select! {
+                _ = every.tick() => true,
                 changed = detections.changed() => {
                     if changed.is_err() {
                         return;
                     }
+                    false
+                }
+            };
+            let mut tenants = st.views.tenants();
+            tenants.sort();
+            for t in tenants {
+                let mark = st.views.read(&t, detection_mark);
+                if !every_tenant && seen.get(&t) == Some(&mark) {
+                    continue;
+                }
+                seen.insert(t.clone(), mark);
+                if let Err(e) = evaluate_tenant(&st, &t).await {
+                    tracing::error!(tenant = %t, error = %e, "cutoff rules stopped for this round");
                 }
             }
-            evaluate_all(&st).await;
         }
     })
+}
+
+/// Positions of a tenant's newest anomaly, newest risk signal and detector
+/// configuration: when none moved, a detection elsewhere gives its rules
+/// nothing new to read.
+type DetectionMark = (Option<u64>, Option<u64>, Option<u64>);
+
+fn detection_mark(v: &TenantViews) -> DetectionMark {
+    (
+        v.detect.anomalies.back().map(|a| a.position),
+        v.detect.risk_signals.last().map(|r| r.position),
+        v.detect.config_position,
+    )
 }
 
 /// The rules of `GET /v1/rules` for `tenant`: each with its load status,
