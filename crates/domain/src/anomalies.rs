@@ -65,7 +65,10 @@ pub enum AnomalyKind {
     /// devices within `concurrent_use_window_seconds`.
     ConcurrentUse,
     /// First use of a token, or of a workload's tokens, from a device or
-    /// agent never seen for it before.
+    /// agent never seen for it before. A token whose `TokenIssued.context`
+    /// names a `device_id` is bound to that device: its first use from any
+    /// other device or agent is new (an instance credential used from a
+    /// laptop).
     NewDevice,
     /// More than `mint_burst_per_subject` / `mint_burst_per_client` tokens
     /// issued within `mint_burst_window_seconds`.
@@ -775,6 +778,15 @@ impl Detectors {
 
     fn issued(&mut self, position: u64, at: i64, t: &TokenIssued, facts: &Facts, hits: &mut Vec<Hit>) {
         let th = self.thresholds;
+        // Issued to a device: that device is the token's first one seen, so
+        // its first use from anywhere else is a new device.
+        if let Some(dev) = t.context.as_ref().and_then(|c| c.device_id.as_ref()) {
+            let state = self.uses.entry(t.token_id.clone()).or_default();
+            if state.seen.is_empty() {
+                state.seen.push(format!("device:{dev}"));
+                state.last = at;
+            }
+        }
         let from = at - th.mint_burst_window_seconds;
         for (by, key, max) in [
             ("subject", &t.subject, th.mint_burst_per_subject),

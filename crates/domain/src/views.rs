@@ -518,8 +518,13 @@ impl TenantViews {
     }
 
     /// [`TenantViews::apply`] for an event that may carry a
-    /// `metadata.source_time` (imported data): the detectors then use that
-    /// time as the event time. Returns how many anomalies the event added.
+    /// `metadata.source_time` (imported data): that time is then the event
+    /// time, for the views (their now, expiry and pruning) and for the
+    /// detectors, so an imported token from 2020 is still known when an
+    /// imported use of it from 2020 follows. Imports go into a tenant of
+    /// their own (DESIGN.md "Time"): mixed with live events, the live
+    /// `recorded_at` would move the view's now past imported tokens'
+    /// expiry. Returns how many anomalies the event added.
     pub fn apply_timed(
         &mut self,
         position: u64,
@@ -528,10 +533,11 @@ impl TenantViews {
         event: &DomainEvent,
         kid_of: KidOf,
     ) -> usize {
-        self.fold(position, recorded_at, event, kid_of);
+        let event_time = source_time.unwrap_or(recorded_at);
+        self.fold(position, event_time, event, kid_of);
         let facts = self.facts(event);
-        let at = source_time.unwrap_or(recorded_at).timestamp();
-        self.detect.apply(position, at, recorded_at, event, &facts)
+        self.detect
+            .apply(position, event_time.timestamp(), recorded_at, event, &facts)
     }
 
     /// What the detectors need from the views about `event`, after it applied.

@@ -446,3 +446,65 @@ fn source_time_drives_the_windows_of_imported_data() {
     // Without source times they are.
     assert_eq!(log.fold().detect.anomalies.len(), 1);
 }
+
+#[test]
+fn imported_tokens_stay_known_for_imported_uses_recorded_years_later() {
+    // Issued and used in 2020 (source time), recorded in 2030: the use is
+    // still attributed to the token, so a second network is concurrent use.
+    let mut log = Log::new();
+    log.issue("t1", "alice", "web", "orders:read", None);
+    log.tick(30);
+    log.used("t1", UseOutcome::Accepted, None, "198.51.100.7", None);
+    log.tick(30);
+    let p = log.used("t1", UseOutcome::Accepted, None, "203.0.113.9", None);
+    let source = Utc.with_ymd_and_hms(2020, 9, 14, 0, 48, 30).unwrap();
+    let mut v = TenantViews::default();
+    for (i, (p, at, e)) in log.events.iter().enumerate() {
+        v.apply_timed(*p, *at, Some(source + Duration::seconds(i as i64)), e, no_kid);
+    }
+    assert_eq!(kinds(&v), vec![(AnomalyKind::ConcurrentUse, p)]);
+    assert_eq!(v.detect.anomalies[0].subject.as_deref(), Some("alice"));
+    assert_eq!(v.now(), Some(source + Duration::seconds(2)));
+}
+
+#[test]
+fn a_token_issued_to_a_device_is_new_on_any_other_device_or_agent() {
+    let issue_to = |log: &mut Log, id: &str, device: &str| {
+        let now = log.now;
+        log.push(DomainEvent::TokenIssued(TokenIssued {
+            token_id: id.into(),
+            tenant: "acme".into(),
+            issuer: "sts".into(),
+            subject: "role/web".into(),
+            client_id: "role-web".into(),
+            audience: "api://orders".into(),
+            scope: "orders:read".into(),
+            issued_at: now,
+            expires_at: now + Duration::hours(1),
+            not_before: now,
+            format: TokenFormat::External,
+            kid: None,
+            cnf: None,
+            parent_token_id: None,
+            context: Some(RequestContext {
+                ip: None,
+                user_agent: None,
+                device_id: Some(device.into()),
+            }),
+        }))
+    };
+    let mut log = Log::new();
+    issue_to(&mut log, "home", "i-1");
+    issue_to(&mut log, "stolen", "i-2");
+    log.tick(10);
+    // Its own device: nothing, however often.
+    log.used("home", UseOutcome::Accepted, None, "198.51.100.7", Some("i-1"));
+    log.used("home", UseOutcome::Accepted, None, "198.51.100.7", Some("i-1"));
+    // The first use at all, but from an agent that is not the device.
+    let p = log.used("stolen", UseOutcome::Accepted, None, "198.51.100.7", None);
+    let v = log.fold();
+    assert_eq!(kinds(&v), vec![(AnomalyKind::NewDevice, p)]);
+    let a = &v.detect.anomalies[0];
+    assert_eq!(a.token_id.as_deref(), Some("stolen"));
+    assert_eq!(a.detail, "first use of the token from agent:agent/1");
+}
