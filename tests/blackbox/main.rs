@@ -44,6 +44,7 @@
 
 mod crash;
 mod harness;
+mod imports;
 mod load;
 mod rebuild;
 mod scenarios;

@@ -173,3 +173,135 @@ fn tempfile_in(dir: &Path) -> Result<PathBuf, String> {
     std::fs::create_dir_all(&p).map_err(|e| format!("{}: {e}", p.display()))?;
     Ok(p)
 }
+
+/// `tokenledger import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The log format: cloudtrail, zeek-kerberos, okta or windows-security.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(tokenledger_importers::Format::NAMES))]
+    format: String,
+    /// Map and report only; send nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Most events per request (the server's `max_events_per_append` bounds it).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    batch: u64,
+    /// The log file.
+    file: PathBuf,
+}
+
+/// Largest request body the import sends, bytes (the server's default limit is 1 MiB).
+const IMPORT_BODY_BYTES: usize = 768 * 1024;
+
+/// Runs `tokenledger import`: maps the file's records to ledger events
+/// (crate `tokenledger-importers`), prints what was read, mapped and skipped
+/// by reason, appends the events through `POST /v1/imports` (admin
+/// credential; into the admin's tenant), and lists the anomalies the
+/// imported events raised.
+pub async fn import(args: ImportArgs) -> CliResult {
+    let format = tokenledger_importers::Format::parse(&args.format).ok_or("unknown format")?;
+    let text = std::fs::read_to_string(&args.file).map_err(|e| format!("{}: {e}", args.file.display()))?;
+    let report = tokenledger_importers::import(format, &text).map_err(|e| format!("{}: {e}", args.file.display()))?;
+    let mut by_type = std::collections::BTreeMap::<&str, u64>::new();
+    for e in &report.events {
+        *by_type.entry(e.event.event_type().as_str()).or_default() += 1;
+    }
+    let mut out = std::io::stdout().lock();
+    let p = |out: &mut std::io::StdoutLock, s: String| writeln!(out, "{s}").map_err(|e| e.to_string());
+    p(
+        &mut out,
+        format!(
+            "{}: {} records read, {} mapped, {} skipped",
+            args.file.display(),
+            report.records_read,
+            report.records_mapped,
+            report.records_read - report.records_mapped
+        ),
+    )?;
+    for (reason, n) in &report.skipped {
+        p(&mut out, format!("  skipped {n:>6}  {reason}"))?;
+    }
+    for (ty, n) in &by_type {
+        p(&mut out, format!("  event   {n:>6}  {ty}"))?;
+    }
+    if args.dry_run || report.events.is_empty() {
+        return Ok(());
+    }
+    let http = client(&args.client)?;
+    let base = args.client.server.trim_end_matches('/');
+    let (mut appended, mut duplicates, mut first) = (0u64, 0u64, None::<u64>);
+    let mut batch: Vec<serde_json::Value> = Vec::new();
+    let mut bytes = 0usize;
+    let mut rest = report.events.iter().peekable();
+    while rest.peek().is_some() || !batch.is_empty() {
+        if let Some(e) = rest.peek() {
+            let (ty, data) = e.event.to_parts().map_err(|e| e.to_string())?;
+            let item = serde_json::json!({
+                "event_id": e.event_id, "event_type": ty, "data": data,
+                "source_time": e.source_time.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+            });
+            let size = item.to_string().len() + 1;
+            if batch.is_empty() || (batch.len() < args.batch as usize && bytes + size <= IMPORT_BODY_BYTES) {
+                batch.push(item);
+                bytes += size;
+                rest.next();
+                continue;
+            }
+        }
+        let resp = http
+            .post(format!("{base}/v1/imports"))
+            .bearer_auth(&args.client.credential)
+            .json(&serde_json::json!({"format": args.format, "events": batch}))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !resp.status().is_success() {
+            return Err(format!(
+                "import stopped after {appended} events appended: {}",
+                failure(resp).await
+            ));
+        }
+        let v: serde_json::Value = resp.json().await.map_err(|e| e.to_string())?;
+        appended += v["appended"].as_u64().unwrap_or(0);
+        duplicates += v["duplicates"].as_u64().unwrap_or(0);
+        first = first.or(v["first_position"].as_u64());
+        batch.clear();
+        bytes = 0;
+    }
+    p(
+        &mut out,
+        format!("appended {appended} events ({duplicates} already recorded)"),
+    )?;
+    // The anomalies the import raised (positions from its first event on).
+    let since = first.map(|f| f.saturating_sub(1)).unwrap_or(0);
+    let resp = http
+        .get(format!("{base}/v1/anomalies?since={since}&limit=1000"))
+        .bearer_auth(&args.client.credential)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!("reading anomalies: {}", failure(resp).await));
+    }
+    let v: serde_json::Value = resp.json().await.map_err(|e| e.to_string())?;
+    let list = v["anomalies"].as_array().cloned().unwrap_or_default();
+    p(&mut out, format!("anomalies raised: {}", list.len()))?;
+    for a in &list {
+        let s = |k: &str| a[k].as_str().unwrap_or("-").to_owned();
+        p(
+            &mut out,
+            format!(
+                "  {} {} [{}] subject={} token={} — {}",
+                s("detected_at"),
+                s("kind"),
+                s("severity"),
+                s("subject"),
+                s("token_id"),
+                s("detail")
+            ),
+        )?;
+    }
+    Ok(())
+}

@@ -28,6 +28,12 @@ enum Command {
     /// Export the tenant's events (partitioned by UTC date) and views as
     /// Parquet from a running server (analyst credential in TOKENLEDGER_CREDENTIAL).
     Export(tokenledger_server::cli::ExportArgs),
+    /// Import a log of another identity system (CloudTrail, Zeek
+    /// kerberos.log, Okta System Log, Windows Security 4768/4769/4771) into
+    /// a running server (admin credential in TOKENLEDGER_CREDENTIAL), keeping
+    /// each record's time as source_time; prints records read, mapped and
+    /// skipped by reason, and the anomalies raised.
+    Import(tokenledger_server::cli::ImportArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -38,6 +44,7 @@ fn main() -> std::process::ExitCode {
         Command::Rebuild(args) => tokenledger_server::projections::rebuild_command(args),
         Command::Sql(args) => client_command(tokenledger_server::cli::sql(args)),
         Command::Export(args) => client_command(tokenledger_server::cli::export(args)),
+        Command::Import(args) => client_command(tokenledger_server::cli::import(args)),
         Command::Serve(args) => {
             let settings = match Settings::resolve(args) {
                 Ok(s) => s,

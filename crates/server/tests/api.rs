@@ -23,6 +23,8 @@ mod cutoffs;
 mod external;
 #[path = "api/hardening.rs"]
 mod hardening;
+#[path = "api/imports.rs"]
+mod imports;
 #[path = "api/oauth.rs"]
 mod oauth;
 #[path = "api/ops.rs"]

@@ -7,6 +7,7 @@ mod blocklist;
 mod clients;
 pub mod cutoffs;
 mod detectors;
+mod imports;
 mod issuers;
 mod keys;
 mod oauth;
@@ -64,6 +65,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/cutoffs/{id}/release", post(cutoffs::release))
         .route("/v1/webhooks", get(webhooks::get).put(webhooks::set))
         .route("/v1/risk-signals", post(risk::receive))
+        .route("/v1/imports", post(imports::import))
         .route(
             "/v1/detector-config",
             get(detectors::get_config).put(detectors::put_config),

@@ -196,7 +196,9 @@ impl AppendGuard for ViewGuard {
 
     fn check(&self, stream: &StreamId, events: &[NewEvent]) -> Result<(), Rejection> {
         for e in events {
-            if e.event_type != "TokenIssued" {
+            // An imported issuance (`metadata.source_time`) is history from
+            // another system: a cutoff here cannot have stopped it.
+            if e.event_type != "TokenIssued" || e.metadata.get("source_time").is_some_and(|t| !t.is_null()) {
                 continue;
             }
             let parent = e.data.get("parent_token_id").and_then(|v| v.as_str());
