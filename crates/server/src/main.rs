@@ -34,6 +34,12 @@ enum Command {
     /// each record's time as source_time; prints records read, mapped and
     /// skipped by reason, and the anomalies raised.
     Import(tokenledger_server::cli::ImportArgs),
+    /// Drive a running server like an organisation, with labelled attacks
+    /// (bootstrap secret in TOKENLEDGER_CREDENTIAL); writes the ground truth.
+    Simulate(tokenledger_simulator::SimulateArgs),
+    /// Score a simulation run: per-scenario detection, precision, recall,
+    /// time to cutoff, benign false-positive rate.
+    Score(tokenledger_simulator::ScoreArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -45,6 +51,8 @@ fn main() -> std::process::ExitCode {
         Command::Sql(args) => client_command(tokenledger_server::cli::sql(args)),
         Command::Export(args) => client_command(tokenledger_server::cli::export(args)),
         Command::Import(args) => client_command(tokenledger_server::cli::import(args)),
+        Command::Simulate(args) => client_command(tokenledger_simulator::simulate(args)),
+        Command::Score(args) => client_command(tokenledger_simulator::score(args)),
         Command::Serve(args) => {
             let settings = match Settings::resolve(args) {
                 Ok(s) => s,
