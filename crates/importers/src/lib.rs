@@ -37,8 +37,11 @@
 //! * `stream` is `token-<token_id>` ([`tokenledger_domain::ids::token_stream`])
 //!   for every event naming a token id (`TokenIssued`, `TokenRevoked`, an
 //!   attributed `TokenUsed`); a `TokenUsed` without a token id (an
-//!   unattributed failure) goes to `uses-<validator>`, the stream the server
-//!   itself writes reported uses to.
+//!   unattributed failure) goes to `uses-<validator>`. This is for library
+//!   users: `POST /v1/imports` does not take streams from the client and
+//!   chooses them itself (`token-<token_id>` for issuance and revocation,
+//!   `import-<format>-uses` for every use, so imported uses never share a
+//!   stream with a live validator's reports).
 //! * Names pass [`DomainEvent::check_names`] (identifiers are NFC-normalized
 //!   first; control characters are dropped from user agents); a
 //!   `TokenIssued` is checked with a placeholder tenant, since `tenant` is
@@ -103,7 +106,9 @@ pub struct ImportedEvent {
     /// Deterministic (UUID v5 of the format, the record's identity and the
     /// event's index within the record): importing a file twice writes nothing new.
     pub event_id: Uuid,
-    /// `token-<token_id>` for token events.
+    /// `token-<token_id>` for events naming a token, else
+    /// `uses-<validator>` (see the crate docs: the server's import endpoint
+    /// chooses its own streams).
     pub stream: String,
     /// `TokenIssued`, `TokenUsed` or `TokenRevoked`; `TokenIssued.tenant`
     /// is left empty: the server stamps the importing admin's tenant.
