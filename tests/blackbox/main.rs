@@ -43,6 +43,7 @@
 //! readiness, for an exit) with generous limits.
 
 mod crash;
+mod demo;
 mod harness;
 mod imports;
 mod load;

@@ -16,6 +16,7 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod metrics;
 pub mod problem;
 pub mod projections;

@@ -16,6 +16,11 @@ struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
+    /// The main job in one command: start a server on a fresh data dir,
+    /// drive it with the simulator (benign traffic and labelled attacks) for
+    /// a bounded time, and print what the ledger recorded, detected and cut
+    /// off, scored against the ground truth.
+    Demo(tokenledger_server::demo::DemoArgs),
     /// Run the server on the embedded store.
     Serve(ServeArgs),
     /// Rebuild the views from the log (server stopped): fold $all from
@@ -47,6 +52,7 @@ fn main() -> std::process::ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
+        Command::Demo(args) => tokenledger_server::demo::demo_command(args),
         Command::Rebuild(args) => tokenledger_server::projections::rebuild_command(args),
         Command::Sql(args) => client_command(tokenledger_server::cli::sql(args)),
         Command::Export(args) => client_command(tokenledger_server::cli::export(args)),

@@ -1,0 +1,61 @@
+//! `tokenledger demo`, the README's main-job command: on a fresh data dir it
+//! starts its own server, simulates, and prints the summary and the
+//! scorecard without any manual step, then leaves the ledger (stopped
+//! cleanly) and the credentials (0600) behind; a second run on the same
+//! data dir is refused before it touches anything.
+
+use std::process::Command;
+
+#[tokio::test]
+async fn the_main_job_runs_to_its_summary_and_leaves_the_ledger() {
+    let _heavy = crate::harness::heavy().await;
+    let profile = tokenledger_testkit::Profile::matching(cfg!(debug_assertions));
+    let bin = tokio::task::spawn_blocking(move || tokenledger_testkit::binary(profile))
+        .await
+        .unwrap();
+    let tmp = tempfile::Builder::new().prefix("tl-demo-").tempdir().unwrap();
+    let dir = tmp.path().join("demo-data");
+    let out = Command::new(bin)
+        .args(["demo", "--seconds", "15", "--tenants", "1", "--seed", "7", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .expect("running tokenledger demo");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    for part in [
+        "== Summary ==",
+        "-- tenant sim7-0 --",
+        "events appended: ",
+        "anomalies by kind: ",
+        "cutoffs engaged: ",
+        "example SQL — the busiest clients:",
+        "== Score against the ground truth",
+        "For the analyst commands:",
+    ] {
+        assert!(text.contains(part), "{part:?} missing from:\n{text}");
+    }
+    // Progress lines while it ran, not silence.
+    assert!(text.lines().filter(|l| l.trim_start().starts_with("t=")).count() >= 2, "{text}");
+    // The ledger and the credentials stay; the server stopped cleanly.
+    assert!(dir.join("ledger.redb").is_file());
+    let creds = dir.join("sim").join("credentials.json");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&creds).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let c: serde_json::Value = serde_json::from_slice(&std::fs::read(&creds).unwrap()).unwrap();
+    assert_eq!(c["tenants"][0]["tenant"], "sim7-0");
+    assert!(!text.contains(c["tenants"][0]["analyst"].as_str().unwrap()), "a secret was printed");
+
+    // Again on the same data dir: refused, nothing changed.
+    let before = std::fs::metadata(dir.join("ledger.redb")).unwrap().len();
+    let again = Command::new(tokenledger_testkit::binary(profile))
+        .args(["demo", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds a ledger"));
+    assert_eq!(std::fs::metadata(dir.join("ledger.redb")).unwrap().len(), before);
+}
