@@ -35,7 +35,10 @@ async fn the_main_job_runs_to_its_summary_and_leaves_the_ledger() {
         assert!(text.contains(part), "{part:?} missing from:\n{text}");
     }
     // Progress lines while it ran, not silence.
-    assert!(text.lines().filter(|l| l.trim_start().starts_with("t=")).count() >= 2, "{text}");
+    assert!(
+        text.lines().filter(|l| l.trim_start().starts_with("t=")).count() >= 2,
+        "{text}"
+    );
     // The ledger and the credentials stay; the server stopped cleanly.
     assert!(dir.join("ledger.redb").is_file());
     let creds = dir.join("sim").join("credentials.json");
@@ -46,7 +49,10 @@ async fn the_main_job_runs_to_its_summary_and_leaves_the_ledger() {
     }
     let c: serde_json::Value = serde_json::from_slice(&std::fs::read(&creds).unwrap()).unwrap();
     assert_eq!(c["tenants"][0]["tenant"], "sim7-0");
-    assert!(!text.contains(c["tenants"][0]["analyst"].as_str().unwrap()), "a secret was printed");
+    assert!(
+        !text.contains(c["tenants"][0]["analyst"].as_str().unwrap()),
+        "a secret was printed"
+    );
 
     // Again on the same data dir: refused, nothing changed.
     let before = std::fs::metadata(dir.join("ledger.redb")).unwrap().len();

@@ -14,7 +14,11 @@ use tokenledger_testkit::{Statuses, admin_via_bootstrap};
 
 fn sample(name: &str) -> PathBuf {
     let p = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/logs")).join(name);
-    assert!(p.is_file(), "{} is missing: shared/ must sit beside the checkout", p.display());
+    assert!(
+        p.is_file(),
+        "{} is missing: shared/ must sit beside the checkout",
+        p.display()
+    );
     p
 }
 
@@ -53,9 +57,7 @@ async fn the_cloudtrail_sample_surfaces_the_stolen_instance_credential() {
 
     // Exactly one anomaly: the instance credential of i-0317f6c6b66ae9c40,
     // first used from the attacker's laptop, at the record's own time.
-    let an = api
-        .expect(Method::GET, "/v1/anomalies", &admin, None, &[200])
-        .await;
+    let an = api.expect(Method::GET, "/v1/anomalies", &admin, None, &[200]).await;
     let list = an["anomalies"].as_array().unwrap();
     assert_eq!(list.len(), 1, "{an}");
     let a = &list[0];
@@ -71,10 +73,7 @@ async fn the_cloudtrail_sample_surfaces_the_stolen_instance_credential() {
 
     // Each event carries the record's time; the ledger's own time is now.
     let log: Vec<Value> = api.read_all(&admin).await;
-    let issued: Vec<&Value> = log
-        .iter()
-        .filter(|e| e["event_type"] == "TokenIssued")
-        .collect();
+    let issued: Vec<&Value> = log.iter().filter(|e| e["event_type"] == "TokenIssued").collect();
     assert_eq!(issued.len(), 5);
     let stolen = issued
         .iter()
