@@ -11,18 +11,24 @@
 //! 2. `tokenledger rebuild` itself (`projections::rebuild_on`: read +
 //!    decode + fold into registry and views, from position 0).
 //!
-//! Then folds 1,000,000 events of the same mix, decoded in memory
-//! beforehand, through the views and the anomaly detectors alone (the
-//! detectors' throughput without the store), and reports how many
-//! anomalies they found (one `concurrent_use` per token by design).
+//! Then folds `PROJ_FOLD_EVENTS` (default 1,000,000) events of the same
+//! mix, decoded in memory beforehand, through the views and the anomaly
+//! detectors alone (the detectors' throughput without the store), and
+//! reports how many anomalies they found (one `concurrent_use` per token by
+//! design).
 //!
 //! Then folds `PROJ_TOKENS` (default 1,000,000) unexpired `TokenIssued`
 //! into fresh views under a counting allocator and reports bytes per
 //! active token.
 //!
-//! Run: `cargo bench -p tokenledger-benches --bench projections`.
+//! Run: `cargo bench -p tokenledger-benches --bench projections`
+//! (`PROJ_EVENTS=100000 PROJ_TOKENS=100000 PROJ_FOLD_EVENTS=100000` for a
+//! quick run).
+
+mod common;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
+use common::{Figure, figure, print_machine};
 use serde_json::{Value, json};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use std::alloc::System;
@@ -37,6 +43,9 @@ use tokenledger_store::{EventStore, ExpectedRevision, NewEvent, Position, RedbOp
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 const TENANTS: [&str; 3] = ["acme", "globex", "initech"];
+/// The design's goals: rebuild events/s, and bytes per active token.
+const GOAL_RATE: f64 = 1_000_000.0;
+const GOAL_BYTES: f64 = 256.0;
 
 fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap()
@@ -198,10 +207,14 @@ fn main() {
         .map(|s| s.trim().parse().expect("PROJ_EVENTS: comma-separated counts"))
         .collect();
     let tokens: u64 = std::env::var("PROJ_TOKENS").map_or(1_000_000, |s| s.parse().expect("PROJ_TOKENS"));
+    let fold: u64 = std::env::var("PROJ_FOLD_EVENTS").map_or(1_000_000, |s| s.parse().expect("PROJ_FOLD_EVENTS"));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
+    println!("# tokenledger projection rebuild and active_tokens memory benchmark\n");
+    print_machine("projections", &std::env::temp_dir(), "temp dir");
+    println!("- PROJ_EVENTS {sizes:?}, PROJ_FOLD_EVENTS {fold}, PROJ_TOKENS {tokens}\n");
     println!("| events | bare read + decode (limit) | rebuild (read + decode + fold) | ratio | goal |");
     println!("|---|---|---|---|---|");
     for n in sizes {
@@ -237,15 +250,39 @@ fn main() {
             rebuild.seconds,
             rate / bare_rate
         );
+        figure(&Figure {
+            bench: "projections",
+            figure: format!("projection rebuild, {n} events (read + decode + fold)"),
+            ours: rate,
+            unit: "events/s",
+            limit: Some(bare_rate),
+            limit_what: "bare read + decode loop".into(),
+            ratio: Some(rate / bare_rate),
+            target: "≥ 1M events/s",
+            met: Some(rate >= GOAL_RATE),
+            note: format!("rebuild {:.2} s, bare loop {:.2} s", rebuild.seconds, bare.1),
+        });
     }
     println!();
     println!("| events | fold only: views + anomaly detectors, decoded in memory | anomalies found |");
     println!("|---|---|---|");
-    let (n, secs, found) = fold_only(1_000_000);
+    let (n, secs, found) = fold_only(fold);
     println!("| {n} | {:.0} ev/s ({secs:.2} s) | {found} |", n as f64 / secs);
     let b = bytes_per_active_token(tokens);
     println!();
     println!("| active tokens | bytes per active token (views, counting allocator) | goal |");
     println!("|---|---|---|");
     println!("| {tokens} | {b:.0} | ≤ 256 |");
+    figure(&Figure {
+        bench: "projections",
+        figure: format!("memory of `active_tokens`, {tokens} active tokens"),
+        ours: b,
+        unit: "B/token",
+        limit: None,
+        limit_what: format!("none: ratio to the goal, {GOAL_BYTES:.0} B"),
+        ratio: Some(b / GOAL_BYTES),
+        target: "≤ 256 bytes per active token",
+        met: Some(b <= GOAL_BYTES),
+        note: "live bytes of the views (counting allocator) / tokens".into(),
+    });
 }

@@ -31,6 +31,9 @@
 //! the per-query memory budget, default the server's 512; `PYTHON` for
 //! another interpreter). At 10M events it needs about 8 GB of memory.
 
+mod common;
+
+use common::{Figure, figure, print_machine};
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
@@ -45,7 +48,7 @@ use tokenledger_domain::events::{
     TokenFormat, TokenIssued, TokenRevoked, TokenUsed, UseOutcome,
 };
 use tokenledger_store::{Position, RecordedEvent};
-use tokenledger_testkit::{fmt_int, fmt_rate, machine, positive_env};
+use tokenledger_testkit::{fmt_int, fmt_rate, positive_env};
 
 /// The tenant the queries run in.
 const BIG: &str = "big";
@@ -623,7 +626,7 @@ fn main() {
         .unwrap();
 
     println!("# tokenledger analyst SQL benchmark\n");
-    println!("{}", machine(tmp.path(), "temp dir"));
+    print_machine("sql", tmp.path(), "temp dir");
     println!(
         "- {} events, 5 tenants ({BIG}: ~90 %), 30 days; per-query memory {memory_mb} MiB; median of {RUNS} runs\n",
         fmt_int(total as usize)
@@ -753,9 +756,75 @@ fn main() {
             _ => println!("| {} | {} | {our_ms:.1} | – | – | – |", q.name, our_rows.len()),
         }
     }
+    let sum_ours: f64 = ours.iter().map(|o| o.0).sum();
+    let figure_name = format!(
+        "analyst SQL over {} events: six queries, tenant {BIG} (sum of medians)",
+        fmt_int(total as usize)
+    );
+    let target = "≤ 1.5× DuckDB's time";
+    match &duck {
+        DuckOutcome::Ran(d) => {
+            let sum_duck: f64 = d.results.iter().map(|r| r.0).sum();
+            let ratio = sum_ours / sum_duck;
+            let geo = (ratios.iter().map(|r| r.ln()).sum::<f64>() / ratios.len() as f64).exp();
+            let (worst_i, worst) = ratios
+                .iter()
+                .copied()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+                .unwrap_or((0, f64::NAN));
+            let over = ratios.iter().filter(|r| **r > TARGET_RATIO).count();
+            let mut note = format!(
+                "geometric mean of ratios {geo:.2}; {over} of {} queries over {TARGET_RATIO}×, worst: {} {worst:.2}×",
+                ratios.len(),
+                qs[worst_i].name
+            );
+            if !mismatches.is_empty() {
+                note = format!("ANSWERS DIFFER in {} queries; {note}", mismatches.len());
+            }
+            figure(&Figure {
+                bench: "sql",
+                figure: figure_name,
+                ours: sum_ours,
+                unit: "ms",
+                limit: Some(sum_duck),
+                limit_what: format!("DuckDB {} (threads {}) on the same Parquet", d.version, d.threads),
+                ratio: Some(ratio),
+                target,
+                met: Some(ratio <= TARGET_RATIO && mismatches.is_empty()),
+                note,
+            });
+        }
+        DuckOutcome::Missing => figure(&Figure {
+            bench: "sql",
+            figure: figure_name,
+            ours: sum_ours,
+            unit: "ms",
+            limit: None,
+            limit_what: "DuckDB: not measured".into(),
+            ratio: None,
+            target,
+            met: None,
+            note: format!("skipped: DuckDB is not installed for python3 (`pip install duckdb=={DUCKDB_PIN}`)"),
+        }),
+        DuckOutcome::Failed(e) => figure(&Figure {
+            bench: "sql",
+            figure: figure_name,
+            ours: sum_ours,
+            unit: "ms",
+            limit: None,
+            limit_what: "DuckDB: not measured".into(),
+            ratio: None,
+            target,
+            met: None,
+            note: format!(
+                "skipped: the DuckDB run failed: {}",
+                e.lines().next().unwrap_or_default()
+            ),
+        }),
+    }
     if !ratios.is_empty() {
         let geo = (ratios.iter().map(|r| r.ln()).sum::<f64>() / ratios.len() as f64).exp();
-        let sum_ours: f64 = ours.iter().map(|o| o.0).sum();
         let sum_duck: f64 = match &duck {
             DuckOutcome::Ran(d) => d.results.iter().map(|r| r.0).sum(),
             _ => f64::NAN,

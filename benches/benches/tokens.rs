@@ -34,7 +34,7 @@
 
 mod common;
 
-use common::{AUDIENCE, ISSUER, SCOPE, TENANT, setup, start_server};
+use common::{AUDIENCE, Figure, ISSUER, SCOPE, TENANT, figure, print_machine, setup, start_server};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -45,8 +45,8 @@ use tokenledger_domain::Metadata;
 use tokenledger_domain::events::{CURRENT_SCHEMA_VERSION, DomainEvent, KeyPurpose, TokenFormat, TokenIssued};
 use tokenledger_store::{EventStore, ExpectedRevision, NewEvent, RedbOptions, RedbStore, StreamId};
 use tokenledger_testkit::{
-    Secrets as Creds, Server, Statuses, TOKIO_THREADS, ThreadTime, WRITER_THREAD, fmt_rate, machine, positive_env,
-    request, thread_time,
+    Secrets as Creds, Server, Statuses, TOKIO_THREADS, ThreadTime, WRITER_THREAD, fmt_rate, positive_env, request,
+    thread_time,
 };
 use tokenledger_tokens::keys::{self, GeneratedKey};
 use tokenledger_tokens::paseto::{self, TokenClaims};
@@ -75,12 +75,10 @@ fn main() {
     let pool = Arc::new(rt.block_on(premint(&server.base(), &creds.issuer)));
 
     println!("# tokenledger mint / verify benchmark\n");
-    println!(
-        "{}",
-        machine(
-            &std::env::temp_dir(),
-            "temp dir (server data dir and bare append store)"
-        )
+    print_machine(
+        "tokens",
+        &std::env::temp_dir(),
+        "temp dir (server data dir and bare append store)",
     );
     println!(
         "- server: {} (pid {}), {}",
@@ -133,6 +131,27 @@ fn main() {
         let ratio = r.mint.rate() / limit;
         let target = if at_target {
             let met = ratio >= 0.5 && r.mint.pct(0.99) < Duration::from_millis(5);
+            figure(&Figure {
+                bench: "tokens",
+                figure: format!("mint over HTTP (v4.public, durable TokenIssued), {} clients", r.c),
+                ours: r.mint.rate(),
+                unit: "ops/s",
+                limit: Some(limit),
+                limit_what: format!(
+                    "min(bare sign loop {}, bare group-commit append loop {}) ops/s",
+                    fmt_rate(r.sign),
+                    fmt_rate(r.append.rate())
+                ),
+                ratio: Some(ratio),
+                target: "≥ 50 %; p99 < 5 ms",
+                met: Some(met),
+                note: format!(
+                    "p50 {} ms, p99 {} ms; {} errors; {seconds} s",
+                    ms(r.mint.pct(0.5)),
+                    ms(r.mint.pct(0.99)),
+                    r.mint.errors
+                ),
+            });
             format!(">= 50 % with p99 < 5 ms ({})", if met { "met" } else { "MISSED" })
         } else {
             "(at 64)".to_owned()
@@ -153,6 +172,27 @@ fn main() {
         let limit = r.verify.min(r.append.rate());
         let ratio = r.ver.rate() / limit;
         let target = if at_target {
+            figure(&Figure {
+                bench: "tokens",
+                figure: format!("verify over HTTP (block list, durable TokenUsed), {} clients", r.c),
+                ours: r.ver.rate(),
+                unit: "ops/s",
+                limit: Some(limit),
+                limit_what: format!(
+                    "min(bare verify loop {}, bare append loop {}) ops/s",
+                    fmt_rate(r.verify),
+                    fmt_rate(r.append.rate())
+                ),
+                ratio: Some(ratio),
+                target: "≥ 50 %",
+                met: Some(ratio >= 0.5),
+                note: format!(
+                    "p50 {} ms, p99 {} ms; {} errors; {seconds} s",
+                    ms(r.ver.pct(0.5)),
+                    ms(r.ver.pct(0.99)),
+                    r.ver.errors
+                ),
+            });
             format!(">= 50 % ({})", if ratio >= 0.5 { "met" } else { "MISSED" })
         } else {
             "(at 64)".to_owned()

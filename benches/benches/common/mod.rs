@@ -1,5 +1,7 @@
-//! What the HTTP benches (`tokens`, `revocation`) share: the release
-//! `tokenledger` they start and the tenant they set up in it.
+//! What the benches share: the release `tokenledger` the HTTP benches
+//! (`tokens`, `revocation`, `cutoff`) start and the tenant they set up in it,
+//! the latency tables, and the machine-readable figures `scripts/bench-results`
+//! renders into `benches/RESULTS.md`.
 
 // Each bench includes this module and uses only part of it.
 #![allow(dead_code)]
@@ -71,4 +73,76 @@ pub fn latency_row(name: &str, v: &[f64], goal: &str) {
         pct(v, 0.99),
         pct(v, 1.0)
     );
+}
+
+/// The env var naming the file [`figure`] appends its JSON line to (set by
+/// `scripts/bench-results`); unset, nothing is written.
+pub const JSON_ENV: &str = "TOKENLEDGER_BENCH_JSON";
+
+/// One figure of DESIGN.md "Figures to reach" as a bench measured it, for
+/// `scripts/bench-results`, which renders `benches/RESULTS.md` from them.
+pub struct Figure<'a> {
+    /// The bench (`append`, `tokens`, …).
+    pub bench: &'a str,
+    /// What was measured, as the RESULTS.md row names it.
+    pub figure: String,
+    /// Our figure, in `unit`.
+    pub ours: f64,
+    /// The unit of `ours` and `limit` (`events/s`, `ms`, …).
+    pub unit: &'a str,
+    /// The limit measured in the same run, in `unit`; `None` for a figure
+    /// held against a goal alone.
+    pub limit: Option<f64>,
+    /// What the limit is (or, without one, what `ratio` is taken against).
+    pub limit_what: String,
+    /// `ours / limit` (or `ours / goal` without a limit); `None` when it
+    /// could not be measured.
+    pub ratio: Option<f64>,
+    /// The target, as DESIGN.md states it.
+    pub target: &'a str,
+    /// Whether the target was met; `None` when it could not be judged.
+    pub met: Option<bool>,
+    /// Anything else a reader of the row needs (percentiles, why skipped).
+    pub note: String,
+}
+
+/// Appends `f` as one JSON line `{"bench", "figure", "ours", "unit",
+/// "limit", "limit_what", "ratio", "target", "met", "note"}` to the file
+/// in [`JSON_ENV`], if set. Non-finite numbers are written as `null`.
+pub fn figure(f: &Figure) {
+    emit(&json!({
+        "bench": f.bench,
+        "figure": f.figure,
+        "ours": f.ours,
+        "unit": f.unit,
+        "limit": f.limit,
+        "limit_what": f.limit_what,
+        "ratio": f.ratio,
+        "target": f.target,
+        "met": f.met,
+        "note": f.note,
+    }));
+}
+
+/// Appends `{"bench", "machine"}` (the text [`tokenledger_testkit::machine`]
+/// gives) to the file in [`JSON_ENV`], if set, and prints it.
+pub fn print_machine(bench: &str, dir: &std::path::Path, dir_label: &str) {
+    let text = tokenledger_testkit::machine(dir, dir_label);
+    println!("{text}");
+    emit(&json!({"bench": bench, "machine": text}));
+}
+
+fn emit(record: &serde_json::Value) {
+    use std::io::Write;
+    let Some(path) = std::env::var_os(JSON_ENV) else {
+        return;
+    };
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| writeln!(f, "{record}"));
+    if let Err(e) = written {
+        eprintln!("{JSON_ENV}={}: cannot append a record: {e}", path.to_string_lossy());
+    }
 }
