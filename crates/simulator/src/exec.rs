@@ -49,6 +49,9 @@ pub struct SimConfig {
     pub day_seconds: Option<f64>,
     /// No attacks.
     pub benign_only: bool,
+    /// Probability that a user's request comes from their second network
+    /// ([`PlanConfig::roaming`]); 0 by default.
+    pub roaming: f64,
     /// Where to write `labels.json`, `run.json`, `credentials.json`; `None`:
     /// nowhere.
     pub out: Option<PathBuf>,
@@ -71,6 +74,7 @@ impl std::fmt::Debug for SimConfig {
             .field("rate", &self.rate)
             .field("day_seconds", &self.day_seconds)
             .field("benign_only", &self.benign_only)
+            .field("roaming", &self.roaming)
             .field("out", &self.out)
             .finish()
     }
@@ -89,6 +93,7 @@ impl SimConfig {
             rate: 40.0,
             day_seconds: None,
             benign_only: false,
+            roaming: 0.0,
             out: None,
             max_in_flight: 32,
             grace_seconds: 60.0,
@@ -105,6 +110,7 @@ impl SimConfig {
             rate: self.rate,
             day_seconds: self.day_seconds.unwrap_or(self.seconds),
             benign_only: self.benign_only,
+            roaming: self.roaming,
         }
     }
 }
@@ -297,6 +303,9 @@ pub struct LabelsFile {
     pub seed: u64,
     /// No attacks were planned.
     pub benign_only: bool,
+    /// The plan's roaming probability ([`PlanConfig::roaming`]).
+    #[serde(default)]
+    pub roaming: f64,
     /// The simulated tenants.
     pub tenants: Vec<String>,
     /// [`Plan::fingerprint`].
@@ -472,6 +481,7 @@ impl Shared {
         let t = &self.plan.tenants[tenant];
         match h {
             Holder::User(u) => t.users[u].ctx.clone(),
+            Holder::Roaming(u) => crate::plan::roaming_ctx(&t.users[u].ctx, tenant, u),
             Holder::Workload(w) => t.workload_ctx[w].clone(),
             Holder::Edge(e) => t.edge_ctx[e].clone(),
             Holder::Orders => t.orders_ctx.clone(),
@@ -1248,6 +1258,7 @@ pub async fn run(cfg: &SimConfig, progress: &(dyn Fn(&Progress) + Send + Sync)) 
     let file = LabelsFile {
         seed: cfg.seed,
         benign_only: cfg.benign_only,
+        roaming: cfg.roaming,
         tenants: sh.plan.tenants.iter().map(|t| t.name.clone()).collect(),
         plan_fingerprint: sh.plan.fingerprint(),
         started_at,

@@ -74,6 +74,11 @@ pub struct SimulateArgs {
     /// No attack scenarios.
     #[arg(long)]
     pub benign_only: bool,
+    /// Probability (0 to 1) that a user's request comes from their second
+    /// network (Wi-Fi to mobile data) with the token they hold: benign
+    /// roaming, which the network-based detectors cannot tell from replay.
+    #[arg(long, default_value_t = 0.0)]
+    pub roaming: f64,
     /// Where to write labels.json, run.json and credentials.json (0600).
     #[arg(long, default_value = "sim-run")]
     pub out: PathBuf,
@@ -107,6 +112,7 @@ pub async fn simulate(args: SimulateArgs) -> Result<(), String> {
     cfg.rate = args.rate;
     cfg.day_seconds = args.day_seconds;
     cfg.benign_only = args.benign_only;
+    cfg.roaming = args.roaming;
     cfg.out = Some(args.out.clone());
     let outcome = run(&cfg, &|p: &Progress| eprintln!("simulate: {p}")).await?;
     let c = &outcome.counters;

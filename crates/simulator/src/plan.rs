@@ -152,6 +152,14 @@ pub struct PlanConfig {
     pub day_seconds: f64,
     /// No attack scenarios.
     pub benign_only: bool,
+    /// Probability (0 to 1) that a user's request comes from their second
+    /// network (a phone moving from Wi-Fi to mobile data: another /24, the
+    /// same device and agent) with the token they already hold. 0 keeps
+    /// every user on one network. Benign, but indistinguishable by network
+    /// alone from a replay: it measures what roaming costs in false
+    /// positives.
+    #[serde(default)]
+    pub roaming: f64,
 }
 
 /// Network, device and agent a request comes from.
@@ -205,6 +213,8 @@ pub struct TenantPlan {
 pub enum Holder {
     /// A user (index).
     User(usize),
+    /// A user (index) from their second network (see [`PlanConfig::roaming`]).
+    Roaming(usize),
     /// A workload (index into [`WORKLOADS`]).
     Workload(usize),
     /// An edge service (index into [`EDGE_SERVICES`]).
@@ -468,6 +478,7 @@ struct Planner {
     slot_tenant: Vec<usize>,
     actions: Vec<Action>,
     end_ms: u64,
+    roaming: f64,
 }
 
 impl Planner {
@@ -547,7 +558,14 @@ impl Planner {
         let Some((tok, t1)) = self.user_token(tenant, u, t) else {
             return;
         };
-        self.use_slot(t1, tenant, tok, Holder::User(u));
+        // Roaming draws from the generator only when enabled, so plans
+        // without it are unchanged.
+        let holder = if self.roaming > 0.0 && self.rng.random_bool(self.roaming) {
+            Holder::Roaming(u)
+        } else {
+            Holder::User(u)
+        };
+        self.use_slot(t1, tenant, tok, holder);
         if !self.rng.random_bool(0.35) {
             return;
         }
@@ -687,6 +705,15 @@ fn ctx_user(rng: &mut ChaCha8Rng, tenant: usize, u: usize, mobile: bool) -> Ctx 
     }
 }
 
+/// A user's second network (see [`PlanConfig::roaming`]): another /24, the
+/// same device and agent.
+pub fn roaming_ctx(home: &Ctx, tenant: usize, u: usize) -> Ctx {
+    Ctx {
+        ip: format!("10.{}.{}.{}", 60 + tenant, u / 200, 10 + u % 200),
+        ..home.clone()
+    }
+}
+
 fn ctx_service(rng: &mut ChaCha8Rng, tenant: usize, k: usize, name: &str) -> Ctx {
     Ctx {
         ip: format!("10.{}.0.{}", 100 + tenant, 10 + k),
@@ -715,6 +742,9 @@ pub fn make_plan(cfg: &PlanConfig) -> Result<Plan, String> {
         if !(v.is_finite() && v > 0.0) {
             return Err(format!("{name} must be a positive number"));
         }
+    }
+    if !(0.0..=1.0).contains(&cfg.roaming) {
+        return Err("--roaming must be from 0 to 1".into());
     }
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let end_ms = (cfg.seconds * 1000.0) as u64;
@@ -776,6 +806,7 @@ pub fn make_plan(cfg: &PlanConfig) -> Result<Plan, String> {
         slot_tenant: Vec::new(),
         actions: Vec::new(),
         end_ms,
+        roaming: cfg.roaming,
     };
 
     // Morning: every user and workload makes a first request early, so

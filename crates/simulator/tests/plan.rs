@@ -11,6 +11,7 @@ fn cfg(seed: u64, benign_only: bool) -> PlanConfig {
         rate: 40.0,
         day_seconds: 60.0,
         benign_only,
+        roaming: 0.0,
     }
 }
 
@@ -79,4 +80,47 @@ fn benign_actions_follow_the_rate_and_never_use_a_revoked_token() {
             );
         }
     }
+}
+
+#[test]
+fn roaming_moves_some_user_requests_to_a_second_network_and_only_when_asked() {
+    use tokenledger_simulator::plan::Holder;
+    let roaming = |p: &tokenledger_simulator::Plan| {
+        p.actions
+            .iter()
+            .filter(|a| {
+                matches!(
+                    a.step,
+                    Step::Use {
+                        holder: Holder::Roaming(_),
+                        ..
+                    }
+                )
+            })
+            .count()
+    };
+    let tidy = make_plan(&cfg(7, true)).unwrap();
+    assert_eq!(roaming(&tidy), 0);
+    let mut c = cfg(7, true);
+    c.roaming = 0.05;
+    let moving = make_plan(&c).unwrap();
+    let users = moving
+        .actions
+        .iter()
+        .filter(|a| {
+            matches!(
+                a.step,
+                Step::Use {
+                    holder: Holder::User(_) | Holder::Roaming(_),
+                    ..
+                }
+            )
+        })
+        .count();
+    let n = roaming(&moving);
+    // About 5 % of the users' own requests, and never all or none.
+    assert!(n > 0 && n < users / 5, "{n} of {users}");
+    assert_eq!(moving, make_plan(&c).unwrap());
+    c.roaming = 1.5;
+    assert!(make_plan(&c).is_err());
 }
