@@ -33,7 +33,7 @@
 //! run in order, and a failure part way leaves the events before it
 //! recorded (a retry of the same batch completes it).
 
-use super::streams::append_error;
+use super::streams::{append_error, checked_event};
 use crate::auth::{Caller, Permission};
 use crate::problem::{ApiError, JsonBody};
 use crate::state::AppState;
@@ -151,20 +151,7 @@ pub async fn import(State(st): State<AppState>, caller: Caller, body: JsonBody) 
         if let (EventType::TokenRevoked, Value::Object(m)) = (ty, &mut data) {
             m.entry("by").or_insert_with(|| Value::String(caller.name.clone()));
         }
-        if let Err(violations) = st.schemas.validate(ty, &data) {
-            return Err(ApiError::unprocessable(
-                "schema-violation",
-                format!(
-                    "events[{i}].data does not match the {} schema: {}",
-                    ty, violations[0].message
-                ),
-            )
-            .with("errors", serde_json::to_value(violations).unwrap_or_default()));
-        }
-        let ev = DomainEvent::from_parts(ty.as_str(), CURRENT_SCHEMA_VERSION, &data)
-            .map_err(|err| ApiError::unprocessable("schema-violation", format!("events[{i}].data: {err}")))?;
-        ev.check_names()
-            .map_err(|err| ApiError::unprocessable("invalid-identifier", format!("events[{i}].data: {err}")))?;
+        let ev = checked_event(&st, i, ty, &data)?;
         let stream = match &ev {
             DomainEvent::TokenIssued(t) => token_stream(&t.token_id),
             DomainEvent::TokenRevoked(r) => match (&r.token_id, &r.selector) {

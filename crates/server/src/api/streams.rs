@@ -135,16 +135,7 @@ pub async fn append(
         let ty = EventType::parse(&e.event_type).expect("checked above");
         let mut data = e.data.clone();
         stamp_defaults(ty, &mut data, &tenant, &caller.name);
-        if let Err(violations) = st.schemas.validate(ty, &data) {
-            return Err(ApiError::unprocessable(
-                "schema-violation",
-                format!(
-                    "events[{i}].data does not match the {} schema: {}",
-                    ty, violations[0].message
-                ),
-            )
-            .with("errors", serde_json::to_value(violations).unwrap_or_default()));
-        }
+        let ev = checked_event(&st, i, ty, &data)?;
         if let Some(v) = e.metadata.schema_version
             && v != CURRENT_SCHEMA_VERSION
         {
@@ -153,10 +144,6 @@ pub async fn append(
                 format!("events[{i}]: schema_version {v} is not accepted; this server writes {CURRENT_SCHEMA_VERSION}"),
             ));
         }
-        let ev = DomainEvent::from_parts(ty.as_str(), CURRENT_SCHEMA_VERSION, &data)
-            .map_err(|err| ApiError::unprocessable("schema-violation", format!("events[{i}].data: {err}")))?;
-        ev.check_names()
-            .map_err(|err| ApiError::unprocessable("invalid-identifier", format!("events[{i}].data: {err}")))?;
         for (field, v) in [
             ("correlation_id", &e.metadata.correlation_id),
             ("causation_id", &e.metadata.causation_id),
@@ -290,6 +277,29 @@ pub async fn append(
         StatusCode::OK
     };
     Ok((status, Json(append_response(&result))))
+}
+
+/// The payload `data` of `events[i]` as a typed event: valid against the
+/// JSON Schema of `ty` (422 `schema-violation`, with every violation in
+/// `errors`), decodable (422 `schema-violation`), and with valid names
+/// (422 `invalid-identifier`). The one check of client-written payloads,
+/// for appends and imports alike.
+pub(super) fn checked_event(st: &AppState, i: usize, ty: EventType, data: &Value) -> Result<DomainEvent, ApiError> {
+    if let Err(violations) = st.schemas.validate(ty, data) {
+        return Err(ApiError::unprocessable(
+            "schema-violation",
+            format!(
+                "events[{i}].data does not match the {} schema: {}",
+                ty, violations[0].message
+            ),
+        )
+        .with("errors", serde_json::to_value(violations).unwrap_or_default()));
+    }
+    let ev = DomainEvent::from_parts(ty.as_str(), CURRENT_SCHEMA_VERSION, data)
+        .map_err(|err| ApiError::unprocessable("schema-violation", format!("events[{i}].data: {err}")))?;
+    ev.check_names()
+        .map_err(|err| ApiError::unprocessable("invalid-identifier", format!("events[{i}].data: {err}")))?;
+    Ok(ev)
 }
 
 /// The answer to an append: each event's revision and position, and the
