@@ -2,7 +2,8 @@
 //! starts its own server, simulates, and prints the summary and the
 //! scorecard without any manual step, then leaves the ledger (stopped
 //! cleanly) and the credentials (0600) behind; a second run on the same
-//! data dir is refused before it touches anything.
+//! data dir is refused before it touches anything. With `--export` it also
+//! writes each tenant's Parquet export, every table in it.
 
 use std::process::Command;
 
@@ -15,9 +16,12 @@ async fn the_main_job_runs_to_its_summary_and_leaves_the_ledger() {
         .unwrap();
     let tmp = tempfile::Builder::new().prefix("tl-demo-").tempdir().unwrap();
     let dir = tmp.path().join("demo-data");
+    let export = tmp.path().join("parquet");
     let out = Command::new(bin)
         .args(["demo", "--seconds", "15", "--tenants", "1", "--seed", "7", "--data-dir"])
         .arg(&dir)
+        .arg("--export")
+        .arg(&export)
         .output()
         .expect("running tokenledger demo");
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
@@ -53,6 +57,41 @@ async fn the_main_job_runs_to_its_summary_and_leaves_the_ledger() {
         !text.contains(c["tenants"][0]["analyst"].as_str().unwrap()),
         "a secret was printed"
     );
+
+    // The export: every table, the events by UTC day, counts in the manifest.
+    let tenant = export.join("sim7-0");
+    assert!(
+        text.contains(&format!("exported tenant sim7-0 as Parquet to {}", tenant.display())),
+        "{text}"
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tenant.join("manifest.json")).unwrap()).unwrap();
+    let mut tables: Vec<&str> = manifest.as_object().unwrap().keys().map(String::as_str).collect();
+    tables.sort_unstable();
+    assert_eq!(
+        tables,
+        [
+            "active_tokens",
+            "anomalies",
+            "block_list",
+            "cutoffs",
+            "events",
+            "keys",
+            "risk_signals"
+        ]
+    );
+    for t in tables.iter().filter(|t| **t != "events") {
+        assert!(tenant.join(format!("{t}.parquet")).is_file(), "{t}.parquet");
+    }
+    let days: Vec<_> = std::fs::read_dir(tenant.join("events"))
+        .unwrap()
+        .map(|d| d.unwrap().path().join("part-0.parquet"))
+        .collect();
+    assert!(!days.is_empty() && days.iter().all(|p| p.is_file()), "{days:?}");
+    // The simulation's attacks are in it: anomalies and the cutoffs they engaged.
+    for t in ["events", "anomalies", "cutoffs"] {
+        assert!(manifest[t]["rows"].as_u64().unwrap() > 0, "{t}: {manifest}");
+    }
 
     // Again on the same data dir: refused, nothing changed.
     let before = std::fs::metadata(dir.join("ledger.redb")).unwrap().len();

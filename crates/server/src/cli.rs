@@ -45,8 +45,15 @@ pub struct ExportArgs {
     to: PathBuf,
 }
 
-/// The views exported beside `events`.
-pub const EXPORTED_VIEWS: &[&str] = &["active_tokens", "block_list", "keys", "cutoffs"];
+/// The views exported beside `events`: every SQL view of the tenant.
+pub const EXPORTED_VIEWS: &[&str] = &[
+    "active_tokens",
+    "block_list",
+    "keys",
+    "cutoffs",
+    "anomalies",
+    "risk_signals",
+];
 
 /// A failed client command: the message to print.
 type CliResult = Result<(), String>;
@@ -129,20 +136,29 @@ async fn download(http: &reqwest::Client, args: &ClientArgs, table: &str, path: 
 /// Runs `tokenledger export`: the tenant's events, partitioned by UTC date,
 /// and every view, as Parquet with the SQL tables' Arrow schemas.
 pub async fn export(args: ExportArgs) -> CliResult {
-    let http = client(&args.client)?;
-    std::fs::create_dir_all(&args.to).map_err(|e| format!("{}: {e}", args.to.display()))?;
-    let staging = tempfile_in(&args.to)?;
+    export_to(&args.client, &args.to).await
+}
+
+/// Exports the caller's tenant into `to` (the layout of [`ExportArgs::to`]):
+/// `events/date=YYYY-MM-DD/part-0.parquet` per UTC day of `recorded_at`,
+/// `<view>.parquet` per view of [`EXPORTED_VIEWS`], and `manifest.json`
+/// (`{table: {"rows", "position"}}`). Errors name the table and the server's
+/// problem detail.
+pub async fn export_to(client_args: &ClientArgs, to: &Path) -> CliResult {
+    let http = client(client_args)?;
+    std::fs::create_dir_all(to).map_err(|e| format!("{}: {e}", to.display()))?;
+    let staging = tempfile_in(to)?;
     let mut manifest = serde_json::Map::new();
     for table in std::iter::once("events").chain(EXPORTED_VIEWS.iter().copied()) {
         let ipc = staging.join(format!("{table}.arrows"));
-        let position = download(&http, &args.client, table, &ipc).await?;
+        let position = download(&http, client_args, table, &ipc).await?;
         let reader = StreamReader::try_new(BufReader::new(File::open(&ipc).map_err(|e| e.to_string())?), None)
             .map_err(|e| e.to_string())?;
         let schema = reader.schema();
         let batches = reader.collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
         let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
         if table == "events" {
-            let dir = args.to.join("events");
+            let dir = to.join("events");
             if dir.exists() {
                 std::fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             }
@@ -156,7 +172,7 @@ pub async fn export(args: ExportArgs) -> CliResult {
             }
             eprintln!("events: {rows} rows in {} daily partitions", days.len());
         } else {
-            tokenledger_analytics::export::write_parquet(&args.to.join(format!("{table}.parquet")), &batches, schema)?;
+            tokenledger_analytics::export::write_parquet(&to.join(format!("{table}.parquet")), &batches, schema)?;
             eprintln!("{table}: {rows} rows");
         }
         manifest.insert(table.into(), serde_json::json!({"rows": rows, "position": position}));
@@ -164,7 +180,7 @@ pub async fn export(args: ExportArgs) -> CliResult {
     }
     let _ = std::fs::remove_dir(&staging);
     let text = serde_json::to_string_pretty(&serde_json::Value::Object(manifest)).map_err(|e| e.to_string())?;
-    std::fs::write(args.to.join("manifest.json"), text + "\n").map_err(|e| e.to_string())?;
+    std::fs::write(to.join("manifest.json"), text + "\n").map_err(|e| e.to_string())?;
     Ok(())
 }
 

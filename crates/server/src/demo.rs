@@ -44,6 +44,10 @@ pub struct DemoArgs {
     /// Keep serving after the summary (until Ctrl-C) for the analyst commands.
     #[arg(long)]
     pub keep_serving: bool,
+    /// After the summary, export each tenant as Parquet into `DIR/<tenant>`
+    /// (the layout of `tokenledger export`), as that tenant's analyst.
+    #[arg(long, value_name = "DIR")]
+    pub export: Option<PathBuf>,
 }
 
 /// Runs `tokenledger demo`; the exit code is 0 when the demo ran to its
@@ -204,6 +208,20 @@ async fn demo(args: DemoArgs) -> Result<(), String> {
         out.join("labels.json").display()
     );
     println!("{card}");
+    if let Some(to) = &args.export {
+        println!();
+        for t in &outcome.credentials {
+            let client = crate::cli::ClientArgs {
+                server: base.clone(),
+                credential: t.analyst.clone(),
+            };
+            let dest = to.join(&t.tenant);
+            crate::cli::export_to(&client, &dest)
+                .await
+                .map_err(|e| format!("exporting tenant {}: {e}", t.tenant))?;
+            println!("exported tenant {} as Parquet to {}", t.tenant, dest.display());
+        }
+    }
     if args.keep_serving {
         println!("serving on {base} until Ctrl-C …");
         let _ = tokio::signal::ctrl_c().await;
