@@ -74,7 +74,8 @@ pub fn compute(name: &str, export: &Export) -> Result<Vec<(&'static str, DataFra
 pub enum OutputFormat {
     /// Apache Parquet (the default).
     Parquet,
-    /// CSV with a header row; times in RFC 3339.
+    /// CSV with a header row; dates `YYYY-MM-DD`, times RFC 3339 in UTC
+    /// (`2026-03-02T09:41:00.000000Z`).
     Csv,
 }
 
@@ -101,7 +102,11 @@ pub fn write_table(dir: &Path, name: &str, df: &mut DataFrame, format: OutputFor
         OutputFormat::Parquet => {
             ParquetWriter::new(&mut file).finish(df)?;
         }
-        OutputFormat::Csv => CsvWriter::new(&mut file).include_header(true).finish(df)?,
+        // Every time is UTC: RFC 3339 with `Z`, to the microsecond.
+        OutputFormat::Csv => CsvWriter::new(&mut file)
+            .include_header(true)
+            .with_datetime_format(Some("%Y-%m-%dT%H:%M:%S%.6fZ".into()))
+            .finish(df)?,
     }
     file.sync_all().map_err(|e| RunError::Io(tmp.clone(), e))?;
     std::fs::rename(&tmp, &path).map_err(|e| RunError::Io(path.clone(), e))?;

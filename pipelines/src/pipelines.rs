@@ -26,8 +26,15 @@ fn distinct_if(column: &str, predicate: Expr) -> Expr {
         .cast(DataType::UInt32)
 }
 
+/// `later − earlier` in seconds, to the millisecond.
 fn seconds_between(later: Expr, earlier: Expr) -> Expr {
-    (later - earlier).dt().total_milliseconds(false).cast(DataType::Float64) / lit(1000.0)
+    ((later - earlier).dt().total_milliseconds(false).cast(DataType::Float64) / lit(1000.0))
+        .round(3, RoundMode::HalfToEven)
+}
+
+/// A statistic of seconds, to the millisecond.
+fn millis(e: Expr) -> Expr {
+    e.round(3, RoundMode::HalfToEven)
 }
 
 fn sorted(frame: LazyFrame, by: &[&str]) -> LazyFrame {
@@ -88,7 +95,8 @@ pub fn daily_usage(export: &Export) -> LazyFrame {
 
 /// One row per issued token (`TokenIssued`, first of each `token_id`):
 /// `token_id`, `subject`, `client_id`, `issuer`, `audience`, `kid`,
-/// `parent_token_id`, `position`, `issued_at`, `expires_at`.
+/// `parent_token_id`, `format`, `position`, `issued_at`, `expires_at`,
+/// `imported` (it came through `POST /v1/imports`: it has a source time).
 fn issued_tokens(export: &Export) -> LazyFrame {
     export
         .events
@@ -106,6 +114,7 @@ fn issued_tokens(export: &Export) -> LazyFrame {
             col("position"),
             coalesce(&[col("issued_at"), event_time()]).alias("issued_at"),
             col("expires_at"),
+            col("source_time").is_not_null().alias("imported"),
         ])
         .unique_stable(Some(cols(["token_id"])), UniqueKeepStrategy::First)
 }
@@ -114,7 +123,7 @@ fn issued_tokens(export: &Export) -> LazyFrame {
 /// `token_id`, `revoked_at`, `revoked_by` (`token`, `subject`, `client`,
 /// `issuer`, `kid`). A selector or a key revocation applies to the tokens
 /// issued before it (by ledger position), as in the server's block list.
-fn own_revocations(export: &Export, tokens: &LazyFrame) -> LazyFrame {
+fn own_revocations(export: &Export, tokens: &LazyFrame) -> PolarsResult<LazyFrame> {
     let revoked = export.events.clone().filter(is("TokenRevoked"));
     let direct = revoked.clone().filter(col("token_id").is_not_null()).select([
         col("token_id"),
@@ -154,7 +163,7 @@ fn own_revocations(export: &Export, tokens: &LazyFrame) -> LazyFrame {
             .filter(col("position").lt(col("revoked_position")))
             .select([col("token_id"), col("revoked_at"), lit("kid").alias("revoked_by")]),
     );
-    earliest(concat(parts, UnionArgs::default()).expect("same schema"))
+    Ok(earliest(concat(parts, UnionArgs::default())?))
 }
 
 /// The earliest revocation per token.
@@ -181,7 +190,7 @@ fn revocations(export: &Export, tokens: &LazyFrame) -> PolarsResult<DataFrame> {
         .clone()
         .filter(col("parent_token_id").is_not_null())
         .select([col("token_id"), col("parent_token_id")]);
-    let mut known = own_revocations(export, tokens).collect()?;
+    let mut known = own_revocations(export, tokens)?.collect()?;
     for _ in 0..MAX_EXCHANGE_DEPTH {
         let inherited = links
             .clone()
@@ -209,7 +218,9 @@ fn revocations(export: &Export, tokens: &LazyFrame) -> PolarsResult<DataFrame> {
 pub const STATUSES: [&str; 4] = ["revoked", "used", "expired_unused", "active_unused"];
 
 /// `tokens`: one row per issued token — its `token_id`, `subject`,
-/// `client_id`, `audience`, `origin` (`mint`, `exchange`, `import`),
+/// `client_id`, `audience`, `origin` (`exchange`: minted by an RFC 8693
+/// exchange; `import`: from a log import; `external`: a trusted external
+/// issuer's token appended by that issuer; else `mint`),
 /// `issued_at`, `expires_at`, `uses_accepted`, `uses_rejected`,
 /// `first_use_at` (first accepted use), `seconds_to_first_use`, `revoked_at`,
 /// `revoked_by` (`token`, `subject`, `client`, `issuer`, `kid`, `ancestor`)
@@ -234,8 +245,10 @@ pub fn tokens(export: &Export, as_of: i64) -> PolarsResult<LazyFrame> {
     let revoked = revocations(export, &issued)?.lazy();
     let origin = when(col("parent_token_id").is_not_null())
         .then(lit("exchange"))
-        .when(col("format").eq(lit("external")))
+        .when(col("imported"))
         .then(lit("import"))
+        .when(col("format").eq(lit("external")))
+        .then(lit("external"))
         .otherwise(lit("mint"));
     let used = col("uses_accepted").gt(lit(0u32));
     let status = when(col("revoked_at").is_not_null())
@@ -292,17 +305,9 @@ pub fn token_lifetimes(tokens: LazyFrame) -> LazyFrame {
         count_if(col("revoked_at").is_not_null()).alias("revoked"),
         count_if(never_used.clone().and(col("status").eq(lit("expired_unused")))).alias("expired_unused"),
         count_if(never_used.and(col("status").eq(lit("active_unused")))).alias("active_unused"),
-        seconds_between(col("expires_at"), col("issued_at"))
-            .mean()
-            .alias("mean_ttl_seconds"),
-        first_use
-            .clone()
-            .quantile(lit(0.5), QuantileMethod::Linear)
-            .alias("first_use_p50_seconds"),
-        first_use
-            .clone()
-            .quantile(lit(0.9), QuantileMethod::Linear)
-            .alias("first_use_p90_seconds"),
+        millis(seconds_between(col("expires_at"), col("issued_at")).mean()).alias("mean_ttl_seconds"),
+        millis(first_use.clone().quantile(lit(0.5), QuantileMethod::Linear)).alias("first_use_p50_seconds"),
+        millis(first_use.clone().quantile(lit(0.9), QuantileMethod::Linear)).alias("first_use_p90_seconds"),
         first_use.max().alias("first_use_max_seconds"),
     ]);
     sorted(rows, &["client_id", "audience"])

@@ -695,6 +695,13 @@ fn run_writes_every_table_as_parquet_or_csv() {
         csv,
         "date,engaged,released,refused_by_cutoff,refused_other\n2026-03-02,2,1,2,1\n"
     );
+    let audit = std::fs::read_to_string(out.join("cutoff_audit.csv")).unwrap();
+    let c1 = audit.lines().nth(1).unwrap();
+    assert!(
+        c1.starts_with("c1,client,web,mint-burst-client,enforce,mint burst,2026-03-02T09:40:00.000000Z,"),
+        "{c1}"
+    );
+    assert!(c1.contains(",2026-03-02T10:10:00.000000Z,1800.0,2,2,0,1,2,"), "{c1}");
 }
 
 #[test]
