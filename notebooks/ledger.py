@@ -116,8 +116,10 @@ def from_export(export: str | os.PathLike) -> Ledger:
     root = Path(export)
     parts = sorted(root.glob("events/date=*/*.parquet"))
     if not parts:
+        inside = sorted(str(p.parents[2]) for p in root.glob("*/events/date=*/*.parquet"))
+        hint = f"; exports found inside it: {', '.join(dict.fromkeys(inside))}" if inside else ""
         raise FileNotFoundError(
-            f"{root}: no events/date=*/*.parquet; write an export with `tokenledger export --to {root}`"
+            f"{root.resolve()}: no events/date=*/*.parquet; write an export with `tokenledger export --to DIR`{hint}"
         )
     for view in ("anomalies", "cutoffs"):
         if not (root / f"{view}.parquet").is_file():

@@ -8,11 +8,13 @@ environment (``TOKENLEDGER_EXPORT`` or ``TOKENLEDGER_SERVER``,
 ``TOKENLEDGER_PIPELINES``, ``TOKENLEDGER_CHARTS``, default ``DIR/charts``;
 relative paths are taken from the current directory). The executed copies,
 with their outputs, go to ``DIR``; the committed notebooks are never written.
-Exits 1 at the first cell that raises, printing its error.
+Every notebook runs; a notebook stops at its first cell that raises, whose
+error is printed. Exits 1 when any notebook failed.
 """
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -36,6 +38,7 @@ def main() -> int:
     for var in ("TOKENLEDGER_EXPORT", "TOKENLEDGER_PIPELINES", "TOKENLEDGER_CHARTS"):
         if os.environ.get(var):
             os.environ[var] = str(Path(os.environ[var]).resolve())
+    failed = 0
     for path in books:
         nb = nbformat.read(path, as_version=4)
         client = NotebookClient(
@@ -46,11 +49,14 @@ def main() -> int:
             client.execute()
         except CellExecutionError as e:
             nbformat.write(nb, out)
-            print(f"FAILED {path} (executed copy: {out}):\n{e}", file=sys.stderr)
-            return 1
+            # The last line of the traceback is the error; strip the colours.
+            plain = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+            print(f"FAILED {path} (executed copy: {out}):\n{plain}", file=sys.stderr)
+            failed += 1
+            continue
         nbformat.write(nb, out)
         print(f"ok {path} -> {out}")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -12,9 +12,25 @@ use std::path::{Path, PathBuf};
 /// An input problem: what is missing or unreadable, naming the file.
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
-    /// The directory is not an export (no `events/` partitions).
-    #[error("{0}: not a tokenledger export (no events/date=*/*.parquet); write one with `tokenledger export --to DIR`")]
-    NotAnExport(PathBuf),
+    /// The directory is not an export (no `events/` partitions); `hint`
+    /// names exports found one level below (`demo --export` writes one per
+    /// tenant).
+    #[error("{0}: not a tokenledger export (no events/date=*/*.parquet); write one with `tokenledger export --to DIR`{hint}", hint = hint(.1))]
+    NotAnExport(PathBuf, Vec<PathBuf>),
+    /// A file could not be read as Parquet.
+    #[error("{0}: {1}")]
+    File(PathBuf, PolarsError),
+    /// The files disagree with the export's `manifest.json` (rows added,
+    /// removed or copied since the export was written).
+    #[error("{table}: the files hold {found} rows, manifest.json says {expected}; export again")]
+    Manifest {
+        /// The table.
+        table: String,
+        /// Rows per the manifest.
+        expected: u64,
+        /// Rows in the files.
+        found: u64,
+    },
     /// A view file is missing (an export from before the view was exported).
     #[error("{0}: missing; export again with a tokenledger that exports every view")]
     MissingView(PathBuf),
@@ -34,6 +50,20 @@ pub enum InputError {
     /// Polars could not scan a file.
     #[error(transparent)]
     Polars(#[from] PolarsError),
+}
+
+fn hint(found: &[PathBuf]) -> String {
+    match found {
+        [] => String::new(),
+        _ => format!(
+            "; exports found inside it: {}",
+            found
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }
 
 /// The Arrow type of every time column of an export: microseconds since the
@@ -128,12 +158,13 @@ impl Export {
     /// Scans the export in `dir` and checks every column the pipelines read.
     ///
     /// # Errors
-    /// [`InputError`] when `dir` holds no event partition, a view file is
-    /// missing, or a column is missing or of another type.
+    /// [`InputError`] when `dir` holds no event partition, a file is not
+    /// Parquet, a view file is missing, a column is missing or of another
+    /// type, or the row counts disagree with `manifest.json` (when present).
     pub fn open(dir: &Path) -> Result<Self, InputError> {
         let files = event_files(dir)?;
         if files.is_empty() {
-            return Err(InputError::NotAnExport(dir.to_path_buf()));
+            return Err(not_an_export(dir));
         }
         let scans = files.iter().map(|f| scan(f)).collect::<Result<Vec<_>, _>>()?;
         let events = concat(scans, UnionArgs::default())?;
@@ -152,15 +183,60 @@ impl Export {
         check(&mut export.events, "events", EVENT_COLUMNS)?;
         check(&mut export.anomalies, "anomalies", ANOMALY_COLUMNS)?;
         check(&mut export.cutoffs, "cutoffs", CUTOFF_COLUMNS)?;
+        check_manifest(dir, &export)?;
         Ok(export)
     }
+}
+
+/// Exports one level below `dir`, for the error's hint.
+fn not_an_export(dir: &Path) -> InputError {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("events").is_dir())
+        .collect();
+    found.sort();
+    InputError::NotAnExport(dir.to_path_buf(), found)
+}
+
+/// Compares the row counts of `events`, `anomalies` and `cutoffs` with
+/// `manifest.json` (`{table: {"rows": N, …}}`), when the export has one.
+fn check_manifest(dir: &Path, export: &Export) -> Result<(), InputError> {
+    let path = dir.join("manifest.json");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(());
+    };
+    let manifest: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| InputError::Io(path.clone(), std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
+    // Counted by reading one column: `len()` over a union of scans plans a
+    // 128-bit sum this build of Polars does not have.
+    for (table, frame, column) in [
+        ("events", &export.events, "position"),
+        ("anomalies", &export.anomalies, "anomaly_id"),
+        ("cutoffs", &export.cutoffs, "cutoff_id"),
+    ] {
+        let Some(expected) = manifest[table]["rows"].as_u64() else {
+            continue;
+        };
+        let found = frame.clone().select([col(column)]).collect()?.height() as u64;
+        if found != expected {
+            return Err(InputError::Manifest {
+                table: table.to_owned(),
+                expected,
+                found,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// `dir/events/date=*/*.parquet`, sorted (so by date, then part).
 fn event_files(dir: &Path) -> Result<Vec<PathBuf>, InputError> {
     let events = dir.join("events");
     if !events.is_dir() {
-        return Err(InputError::NotAnExport(dir.to_path_buf()));
+        return Err(not_an_export(dir));
     }
     let read = |d: &Path| std::fs::read_dir(d).map_err(|e| InputError::Io(d.to_path_buf(), e));
     let mut files = Vec::new();
@@ -193,7 +269,12 @@ fn scan(path: &Path) -> Result<LazyFrame, InputError> {
         },
         ..Default::default()
     };
-    Ok(LazyFrame::scan_parquet(PlRefPath::try_from_path(path)?, args)?)
+    let mut frame = LazyFrame::scan_parquet(PlRefPath::try_from_path(path)?, args)?;
+    // Reads the footer now, so a damaged file is named.
+    frame
+        .collect_schema()
+        .map_err(|e| InputError::File(path.to_path_buf(), e))?;
+    Ok(frame)
 }
 
 fn check(frame: &mut LazyFrame, table: &'static str, columns: &[(&'static str, Kind)]) -> Result<(), InputError> {

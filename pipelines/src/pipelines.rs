@@ -96,7 +96,8 @@ pub fn daily_usage(export: &Export) -> LazyFrame {
 /// One row per issued token (`TokenIssued`, first of each `token_id`):
 /// `token_id`, `subject`, `client_id`, `issuer`, `audience`, `kid`,
 /// `parent_token_id`, `format`, `position`, `issued_at`, `expires_at`,
-/// `imported` (it came through `POST /v1/imports`: it has a source time).
+/// `imported` (it came through `POST /v1/imports`: it has a source time),
+/// `issued_event_at` (the [`event_time`] of its `TokenIssued`).
 fn issued_tokens(export: &Export) -> LazyFrame {
     export
         .events
@@ -115,6 +116,7 @@ fn issued_tokens(export: &Export) -> LazyFrame {
             coalesce(&[col("issued_at"), event_time()]).alias("issued_at"),
             col("expires_at"),
             col("source_time").is_not_null().alias("imported"),
+            event_time().alias("issued_event_at"),
         ])
         .unique_stable(Some(cols(["token_id"])), UniqueKeepStrategy::First)
 }
@@ -222,7 +224,9 @@ pub const STATUSES: [&str; 4] = ["revoked", "used", "expired_unused", "active_un
 /// exchange; `import`: from a log import; `external`: a trusted external
 /// issuer's token appended by that issuer; else `mint`),
 /// `issued_at`, `expires_at`, `uses_accepted`, `uses_rejected`,
-/// `first_use_at` (first accepted use), `seconds_to_first_use`, `revoked_at`,
+/// `first_use_at` (first accepted use), `seconds_to_first_use` (from the
+/// event time of the token's `TokenIssued`, the clock its uses are on),
+/// `revoked_at`,
 /// `revoked_by` (`token`, `subject`, `client`, `issuer`, `kid`, `ancestor`)
 /// and `status`, the first that holds of `revoked`, `used` (an accepted use),
 /// `expired_unused` (expired by `as_of`), `active_unused`.
@@ -268,7 +272,9 @@ pub fn tokens(export: &Export, as_of: i64) -> PolarsResult<LazyFrame> {
         ])
         .with_columns([
             status.alias("status"),
-            seconds_between(col("first_use_at"), col("issued_at")).alias("seconds_to_first_use"),
+            // On one clock with the use: `issued_at` is a claim in whole
+            // seconds, which would overstate sub-second first uses.
+            seconds_between(col("first_use_at"), col("issued_event_at")).alias("seconds_to_first_use"),
         ])
         .select([
             col("token_id"),

@@ -719,6 +719,46 @@ fn bad_input_is_named_and_writes_nothing() {
     let e = run("all", &input, &out, OutputFormat::Parquet).unwrap_err();
     assert!(e.to_string().contains("cutoffs.parquet: missing"), "{e}");
 
+    // A damaged file is named.
+    fixture(&input);
+    std::fs::write(input.join("anomalies.parquet"), b"not parquet").unwrap();
+    let e = run("all", &input, &out, OutputFormat::Parquet).unwrap_err();
+    assert!(e.to_string().contains("anomalies.parquet: "), "{e}");
+
+    // A partition copied since the export (day 2: 11 more events): the
+    // manifest's counts disagree.
+    fixture(&input);
+    std::fs::write(
+        input.join("manifest.json"),
+        r#"{"events": {"rows": 23, "position": 23}, "anomalies": {"rows": 4, "position": 23}}"#,
+    )
+    .unwrap();
+    run("all", &input, &out.join("ok"), OutputFormat::Parquet).expect("counts agree");
+    std::fs::remove_dir_all(&out).unwrap();
+    std::fs::create_dir_all(input.join("events/date=2026-03-03")).unwrap();
+    std::fs::copy(
+        input.join("events/date=2026-03-02/part-0.parquet"),
+        input.join("events/date=2026-03-03/part-0.parquet"),
+    )
+    .unwrap();
+    let e = run("all", &input, &out, OutputFormat::Parquet).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("events: the files hold 34 rows, manifest.json says 23"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(input.join("events/date=2026-03-03")).unwrap();
+    std::fs::remove_file(input.join("manifest.json")).unwrap();
+
+    // One level too high (`demo --export` writes one export per tenant): the
+    // error names the export inside.
+    let e = run("all", dir.path(), &out, OutputFormat::Parquet).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains(&format!("exports found inside it: {}", input.display())),
+        "{e}"
+    );
+
     // An events partition whose `recorded_at` is text, not UTC microseconds.
     fixture(&input);
     let mut bad = df!("position" => [1u64], "recorded_at" => ["2026-03-01T10:00:00Z"]).unwrap();

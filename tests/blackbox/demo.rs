@@ -104,3 +104,30 @@ async fn the_main_job_runs_to_its_summary_and_leaves_the_ledger() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("already holds a ledger"));
     assert_eq!(std::fs::metadata(dir.join("ledger.redb")).unwrap().len(), before);
 }
+
+/// A failed `tokenledger export` (here: no server answers) leaves no staging
+/// directory behind in the target.
+#[test]
+fn a_failed_export_leaves_no_debris() {
+    let profile = tokenledger_testkit::Profile::matching(cfg!(debug_assertions));
+    let tmp = tempfile::Builder::new().prefix("tl-export-").tempdir().unwrap();
+    let to = tmp.path().join("export");
+    // A port nothing listens on: bind one, then let it go.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = Command::new(tokenledger_testkit::binary(profile))
+        .args(["export", "--server", &format!("http://127.0.0.1:{port}"), "--to"])
+        .arg(&to)
+        .env("TOKENLEDGER_CREDENTIAL", "tl_not_a_real_secret")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let left: Vec<_> = std::fs::read_dir(&to)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

@@ -148,10 +148,18 @@ pub async fn export_to(client_args: &ClientArgs, to: &Path) -> CliResult {
     let http = client(client_args)?;
     std::fs::create_dir_all(to).map_err(|e| format!("{}: {e}", to.display()))?;
     let staging = tempfile_in(to)?;
+    let done = export_tables(client_args, &http, to, &staging).await;
+    // The staging directory goes, whatever happened (a refused credential,
+    // a server gone mid-way): a failed export leaves no debris behind.
+    let _ = std::fs::remove_dir_all(&staging);
+    done
+}
+
+async fn export_tables(client_args: &ClientArgs, http: &reqwest::Client, to: &Path, staging: &Path) -> CliResult {
     let mut manifest = serde_json::Map::new();
     for table in std::iter::once("events").chain(EXPORTED_VIEWS.iter().copied()) {
         let ipc = staging.join(format!("{table}.arrows"));
-        let position = download(&http, client_args, table, &ipc).await?;
+        let position = download(http, client_args, table, &ipc).await?;
         let reader = StreamReader::try_new(BufReader::new(File::open(&ipc).map_err(|e| e.to_string())?), None)
             .map_err(|e| e.to_string())?;
         let schema = reader.schema();
@@ -178,7 +186,6 @@ pub async fn export_to(client_args: &ClientArgs, to: &Path) -> CliResult {
         manifest.insert(table.into(), serde_json::json!({"rows": rows, "position": position}));
         let _ = std::fs::remove_file(&ipc);
     }
-    let _ = std::fs::remove_dir(&staging);
     let text = serde_json::to_string_pretty(&serde_json::Value::Object(manifest)).map_err(|e| e.to_string())?;
     std::fs::write(to.join("manifest.json"), text + "\n").map_err(|e| e.to_string())?;
     Ok(())

@@ -122,6 +122,12 @@ async fn demo(args: DemoArgs) -> Result<(), String> {
             dir.display()
         ));
     }
+    if let Some(to) = &args.export
+        && to.exists()
+        && !to.is_dir()
+    {
+        return Err(format!("--export {}: not a directory", to.display()));
+    }
     tokenledger_store::files::create_private_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let dir = dir.canonicalize().map_err(|e| e.to_string())?;
     let rules = dir.join("rules.toml");
@@ -180,7 +186,7 @@ async fn demo(args: DemoArgs) -> Result<(), String> {
     println!();
     println!("== Summary ==");
     println!(
-        "requests {} ({} benign); tokens minted {} (+{} client_credentials, {} exchanged); verified {} ({} locally, {} refused); revoked {}; key rotations {}",
+        "requests {} ({} benign); by the benign clients (the attacks are counted below and in the ledger): tokens minted {} (+{} client_credentials, {} exchanged); verified {} ({} locally, {} refused); revoked {}; key rotations {}",
         c.requests,
         c.benign_requests,
         c.minted,
