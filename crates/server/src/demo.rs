@@ -198,12 +198,7 @@ async fn demo(args: DemoArgs) -> Result<(), String> {
         c.revoked,
         c.rotations
     );
-    let attacks: Vec<String> = outcome
-        .attacks_by_kind
-        .iter()
-        .map(|(k, n)| format!("{k} {n}"))
-        .collect();
-    println!("attacks injected: {}", attacks.join(", "));
+    println!("attacks injected: {}", outcome.attacks_line());
     for t in &outcome.credentials {
         tenant_summary(&http, &base, t).await?;
     }

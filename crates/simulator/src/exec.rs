@@ -368,6 +368,18 @@ pub struct RunOutcome {
     pub out: Option<PathBuf>,
 }
 
+impl RunOutcome {
+    /// The attacks injected, as `kind count` pairs joined by `, ` (kinds in
+    /// name order), for the summaries of `simulate` and `demo`.
+    pub fn attacks_line(&self) -> String {
+        self.attacks_by_kind
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Minted {
     token: String,

@@ -132,12 +132,7 @@ pub async fn simulate(args: SimulateArgs) -> Result<(), String> {
         c.refused,
         c.errors
     );
-    let attacks: Vec<String> = outcome
-        .attacks_by_kind
-        .iter()
-        .map(|(k, n)| format!("{k} {n}"))
-        .collect();
-    println!("attacks injected: {}", attacks.join(", "));
+    println!("attacks injected: {}", outcome.attacks_line());
     println!(
         "wrote {0}/labels.json, {0}/run.json, {0}/credentials.json (0600); score with: tokenledger score --server {1} --run {0}",
         args.out.display(),
