@@ -8,7 +8,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
-use tokenledger_domain::events::{DomainEvent, RequestContext};
+use tokenledger_domain::events::{DomainEvent, RequestContext, TokenUsed, UseOutcome};
 use tokenledger_domain::ids::{check_stream_name, token_stream};
 use unicode_normalization::UnicodeNormalization;
 use uuid::Uuid;
@@ -308,6 +308,33 @@ pub(crate) fn context(
         ip,
         user_agent,
         device_id,
+    })
+}
+
+/// A refused Kerberos request (a KDC error in Zeek, a failed 4768 / 4769 /
+/// 4771 on Windows) as an unattributed `TokenUsed`: no ticket verified, so
+/// the principal asked for is only `claimed_subject` (DESIGN.md events).
+pub(crate) fn kerberos_refusal(
+    validator: String,
+    audience: String,
+    reason: String,
+    at: DateTime<Utc>,
+    ip: Option<String>,
+    claimed_subject: Option<String>,
+) -> DomainEvent {
+    DomainEvent::TokenUsed(TokenUsed {
+        validator,
+        audience,
+        outcome: UseOutcome::Rejected,
+        reason: Some(reason),
+        at,
+        context: context(ip, None, None),
+        token_id: None,
+        subject: None,
+        client_id: None,
+        claimed_token_id: None,
+        claimed_subject,
+        claimed_client_id: None,
     })
 }
 

@@ -58,7 +58,7 @@
 
 use crate::common::{self, Mapped, Outcome, Realms, Record, at, hash_identity, ident, parse_time, str_at};
 use serde_json::Value;
-use tokenledger_domain::events::{DomainEvent, TokenFormat, TokenIssued, TokenUsed, UseOutcome};
+use tokenledger_domain::events::{DomainEvent, TokenFormat, TokenIssued};
 
 /// A field at the top level, under `EventData` / `event_data`, or under
 /// `winlog.event_data`.
@@ -234,20 +234,14 @@ pub(crate) fn map(r: &Value, realms: &Realms) -> Outcome {
             .ok()
             .and_then(common::kerberos_error)
             .map_or_else(|| format!("kerberos_status_0x{status:x}"), str::to_owned);
-        DomainEvent::TokenUsed(TokenUsed {
-            validator: computer.map_or_else(|| "windows-security".to_owned(), |c| format!("dc:{}", ident(c))),
+        common::kerberos_refusal(
+            computer.map_or_else(|| "windows-security".to_owned(), |c| format!("dc:{}", ident(c))),
             audience,
-            outcome: UseOutcome::Rejected,
-            reason: Some(reason),
-            at: time,
-            context: common::context(ip, None, None),
-            token_id: None,
-            subject: None,
-            client_id: None,
-            claimed_token_id: None,
-            claimed_subject: subject,
-            claimed_client_id: None,
-        })
+            reason,
+            time,
+            ip,
+            subject,
+        )
     };
     Ok(Mapped {
         identity,

@@ -51,7 +51,7 @@
 
 use crate::common::{self, Mapped, Outcome, Realms, Record, at, hash_identity, ident, parse_time, str_at};
 use serde_json::Value;
-use tokenledger_domain::events::{DomainEvent, TokenFormat, TokenIssued, TokenUsed, UseOutcome};
+use tokenledger_domain::events::{DomainEvent, TokenFormat, TokenIssued};
 
 /// Collects the realm spellings of a whole file (for short-realm expansion).
 pub(crate) fn realms(records: &[Record]) -> Realms {
@@ -139,20 +139,14 @@ pub(crate) fn map(r: &Value, realms: &Realms) -> Outcome {
             return Err("preauth_required_protocol_step");
         }
         let validator = str_at(r, &["@system"]).map_or_else(|| "zeek".to_owned(), |s| format!("zeek:{}", ident(s)));
-        DomainEvent::TokenUsed(TokenUsed {
+        common::kerberos_refusal(
             validator,
             audience,
-            outcome: UseOutcome::Rejected,
-            reason: Some(error.map_or_else(|| "kdc_error".to_owned(), common::snake)),
-            at: time,
-            context: common::context(ip, None, None),
-            token_id: None,
-            subject: None,
-            client_id: None,
-            claimed_token_id: None,
-            claimed_subject: subject,
-            claimed_client_id: None,
-        })
+            error.map_or_else(|| "kdc_error".to_owned(), common::snake),
+            time,
+            ip,
+            subject,
+        )
     };
     Ok(Mapped {
         identity,
